@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tracemalloc
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -88,6 +89,34 @@ def test_parquet_rows_are_read_and_located(tmp_path):
 def test_duplicate_ids_are_reported(tmp_path):
     p = write(tmp_path, "a.jsonl", '{"id": 1, "instruction": "a"}\n{"id": 1, "instruction": "b"}\n')
     assert "duplicate id '1' (first at" in problems(p)
+
+
+def test_a_duplicate_id_while_streaming_is_rejected_naming_the_first(tmp_path):
+    # An explicit id equal to another row's line-based id is a duplicate too.
+    p = write(tmp_path, "a.jsonl", '{"instruction": "a"}\n{"id": "line-1", "instruction": "b"}\n'
+              '{"instruction": "c"}\n')
+    out = list(InstructionSource(p, skip_invalid=True))
+    assert [r["id"] for r in out] == ["line-1", "invalid-line-2", "line-3"]
+    assert out[1]["rejection"]["reason"] == (
+        f"{p}:2: duplicate id 'line-1' (first at {p}:1)")
+    with pytest.raises(InputError, match="duplicate id 'line-1'"):
+        list(InstructionSource(p))
+
+
+def test_checking_ids_keeps_memory_flat_with_input_size(tmp_path):
+    # The id index lives in a temporary SQLite file: Python allocations do not grow with
+    # the row count (a dict of 50k ids and their places takes about 10 MB).
+    p = tmp_path / "big.jsonl"
+    p.write_text("".join(json.dumps({"id": f"seed-{i:07d}", "instruction": "Why is the sky "
+                                     "blue?"}) + "\n" for i in range(50_000)))
+    tracemalloc.start()
+    try:
+        assert InstructionSource(p).validate() == 50_000
+        assert sum(1 for _ in InstructionSource(p)) == 50_000
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * 2**20, f"{peak / 2**20:.1f} MiB"
 
 
 def test_every_bad_row_is_listed_not_just_the_first(tmp_path):

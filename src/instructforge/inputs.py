@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from instructforge.records import Record, new_record, rejected
+from instructforge.records import IdIndex, Record, new_record, rejected
 
 SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 
@@ -182,49 +182,47 @@ class InstructionSource:
 
     def __iter__(self) -> Iterator[Record]:
         n = 0
-        seen: dict[str, str] = {}  # explicit ids only: line-based ids are unique already
-        for row in self._rows():
-            if self.limit is not None and n >= self.limit:
-                return
-            problem = self._check(row)
-            if problem is None and self.id_column in (row.data or {}):
-                rid = self._record(row)["id"]
-                if rid in seen:
-                    problem = f"duplicate id {rid!r} (first at {seen[rid]})"
-                seen.setdefault(rid, row.where)
-            if problem is None:
-                n += 1
-                yield self._record(row)
-            elif self.skip_invalid:
-                rec = new_record(
-                    f"invalid-line-{row.line}", method="input",
-                    source={"file": self.spec, "line": row.line},
-                )
-                yield rejected(rec, stage="input", rule="invalid_input",
-                               reason=f"{row.where}: {problem}", evidence=row.data)
-            else:
-                raise InputError([f"{row.where}: {problem}"])
+        with IdIndex() as seen:
+            for row in self._rows():
+                if self.limit is not None and n >= self.limit:
+                    return
+                problem = self._check(row)
+                rec = self._record(row) if problem is None else None
+                if rec is not None and (first := seen.first_seen(rec["id"], row.where)):
+                    problem = f"duplicate id {rec['id']!r} (first at {first})"
+                if rec is not None and problem is None:
+                    n += 1
+                    yield rec
+                else:
+                    yield self._invalid(row, problem or "invalid row")
+
+    def _invalid(self, row: Row, problem: str) -> Record:
+        """A bad row as a rejected record (``skip_invalid``), or :class:`InputError`."""
+        if not self.skip_invalid:
+            raise InputError([f"{row.where}: {problem}"])
+        rec = new_record(f"invalid-line-{row.line}", method="input",
+                         source={"file": self.spec, "line": row.line})
+        return rejected(rec, stage="input", rule="invalid_input",
+                        reason=f"{row.where}: {problem}", evidence=row.data)
 
     def validate(self, max_problems: int = 20) -> int:
         """Read everything once; raise :class:`InputError` listing the problems unless
         ``skip_invalid``. Returns the number of valid records (after ``limit``)."""
         good = bad = 0
         problems: list[str] = []
-        ids: dict[str, str] = {}
-        for row in self._rows():
-            problem = self._check(row)
-            if problem is None:
-                rid = self._record(row)["id"]
-                if rid in ids:
-                    problem = f"duplicate id {rid!r} (first at {ids[rid]})"
+        with IdIndex() as ids:
+            for row in self._rows():
+                problem = self._check(row)
+                if problem is None:
+                    rid = self._record(row)["id"]
+                    if first := ids.first_seen(rid, row.where):
+                        problem = f"duplicate id {rid!r} (first at {first})"
+                if problem is None:
+                    good += 1
                 else:
-                    ids[rid] = row.where
-            if problem is None:
-                good += 1
-            else:
-                bad += 1
-                if len(problems) < max_problems:
-                    problems.append(f"{row.where}: {problem}")
+                    bad += 1
+                    if len(problems) < max_problems:
+                        problems.append(f"{row.where}: {problem}")
         if good + bad == 0:
             raise InputError([f"{self.spec}: the file is empty (no records)"])
         if bad and not self.skip_invalid:

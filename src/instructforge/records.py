@@ -11,6 +11,8 @@ A record is plain JSON: one line of ``data/records.jsonl`` (kept) or ``rejected.
 from __future__ import annotations
 
 import hashlib
+import sqlite3
+from collections.abc import Iterable
 from typing import Any
 
 SCHEMA_VERSION = 1
@@ -92,3 +94,47 @@ def stable_id(*parts: object, length: int = 16) -> str:
 def stable_seed(*parts: object) -> int:
     """A deterministic 31-bit sampling seed derived from its parts."""
     return int(stable_id(*parts), 16) % (2**31 - 1)
+
+
+class IdIndex:
+    """A set of record ids (each with where it was first seen) in a private temporary SQLite
+    file, so memory stays flat however many records a run has: SQLite keeps a few MiB of
+    pages in memory and spills the rest to disk.
+
+    >>> ids = IdIndex()
+    >>> ids.first_seen("a", "in.jsonl:1"), ids.first_seen("a", "in.jsonl:7"), "a" in ids
+    (None, 'in.jsonl:1', True)
+    >>> ids.close()
+    """
+
+    def __init__(self, ids: Iterable[str] = ()) -> None:
+        self.db = sqlite3.connect("", isolation_level=None)  # "": temporary, deleted on close
+        self.db.execute("PRAGMA journal_mode=OFF")
+        self.db.execute("PRAGMA synchronous=OFF")
+        self.db.execute("CREATE TABLE ids (id TEXT PRIMARY KEY, at TEXT) WITHOUT ROWID")
+        self.db.execute("BEGIN")
+        self.update(ids)
+
+    def first_seen(self, rid: str, where: str = "") -> str | None:
+        """Where ``rid`` was seen before (None the first time; this time is then remembered)."""
+        if self.db.execute("INSERT OR IGNORE INTO ids VALUES (?, ?)", (rid, where)).rowcount:
+            return None
+        return self.db.execute("SELECT at FROM ids WHERE id = ?", (rid,)).fetchone()[0]
+
+    def add(self, rid: str) -> None:
+        self.db.execute("INSERT OR IGNORE INTO ids VALUES (?, '')", (rid,))
+
+    def update(self, ids: Iterable[str]) -> None:
+        self.db.executemany("INSERT OR IGNORE INTO ids VALUES (?, '')", ((i,) for i in ids))
+
+    def __contains__(self, rid: object) -> bool:
+        return self.db.execute("SELECT 1 FROM ids WHERE id = ?", (rid,)).fetchone() is not None
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> IdIndex:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

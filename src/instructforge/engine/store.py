@@ -26,7 +26,7 @@ from typing import IO, Any
 
 import yaml
 
-from instructforge.records import Record
+from instructforge.records import IdIndex, Record
 
 
 def _repair_tail(path: Path) -> None:
@@ -98,12 +98,14 @@ class Store:
         run.done.parent.mkdir(parents=True, exist_ok=True)
         for p in (run.records, run.rejected, run.done):
             _repair_tail(p)
-        self.done: set[str] = set()
+        # On disk, not in Python sets: resuming a run of millions keeps memory flat.
+        self.done = IdIndex()
         if run.done.exists():
-            self.done = {ln.rstrip("\n") for ln in run.done.open(encoding="utf-8") if ln.strip()}
+            with run.done.open(encoding="utf-8") as f:
+                self.done.update(ln.rstrip("\n") for ln in f if ln.strip())
         # Ids already on disk: a rerun must not write them again (an input that was cut
         # between its records and its done marker is processed again).
-        self._written: set[str] = set()
+        self._written = IdIndex()
         for p in (run.records, run.rejected):
             self._written.update(rec["id"] for rec in iter_jsonl(p))
         self._kept: IO[str] = open(run.records, "a", encoding="utf-8")
@@ -144,3 +146,5 @@ class Store:
     def close(self) -> None:
         for f in (self._kept, self._rej, self._done):
             f.close()
+        self.done.close()
+        self._written.close()
