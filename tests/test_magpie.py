@@ -305,3 +305,19 @@ def test_multi_turn_output_exports_in_the_trainer_formats(tmp_path, fmt):
         assert [c["from"] for c in row["conversations"]] == ["human", "gpt"] * 2
     else:
         assert [m["role"] for m in row["messages"]] == ["user", "assistant"] * 2
+
+
+def test_the_template_check_releases_the_loop_and_the_job_closes_the_model_once(tmp_path):
+    events = []
+
+    class Tracked(ScriptedLLM):
+        async def release_loop(self):
+            events.append("release_loop")
+
+        async def aclose(self):
+            events.append("aclose")
+
+    magpie(tmp_path / "run", MagpieConfig(n=1, filters=FilterConfig(languages=None)),
+           llm=Tracked(), progress=False)
+    # A model loaded in process (vLLM) survives the check and is shut down once, at the end.
+    assert events == ["release_loop", "aclose"]

@@ -178,3 +178,81 @@ def test_evolve_survives_a_killed_worker(tmp_path, ray_cluster, dev_server):
     run = RunDir(tmp_path / "run")
     ids = [r["id"] for r in [*run.kept(), *run.dropped()]]
     assert len(ids) == len(set(ids)) == 16  # 8 chains x 2 rounds, each child once
+
+
+def _magpie(*args: str) -> str:
+    res = CliRunner().invoke(app, ["magpie", *args, "--no-progress", "--show", "0"])
+    assert res.exit_code == 0, res.output
+    return " ".join(res.output.split())
+
+
+@pytest.mark.llm
+def test_magpie_on_ray_keeps_the_same_records_as_local(tmp_path, ray_cluster, embedded_llm):
+    common = ["-n", "6", "--model", embedded_llm.model, "--base-url", embedded_llm.base_url,
+              "--template", "smollm2", "--query-max-tokens", "64", "--max-tokens", "32",
+              "--seed", "5", "--shared-cache", str(tmp_path / "shared.sqlite")]
+    _magpie("-o", str(tmp_path / "local"), *common)
+    out = _magpie("-o", str(tmp_path / "ray"), *common, "--executor", "ray", "--shards", "2")
+    assert "2 shards: 2 run" in out
+    for files in ("kept", "dropped"):
+        local = {r["id"]: r for r in getattr(RunDir(tmp_path / "local"), files)()}
+        on_ray = {r["id"]: r for r in getattr(RunDir(tmp_path / "ray"), files)()}
+        assert on_ray == local
+    run = RunDir(tmp_path / "ray")
+    assert len([*run.kept(), *run.dropped()]) == 6
+
+
+def test_magpie_on_ray_drops_a_query_another_shard_kept(tmp_path, ray_cluster, dev_server):
+    # The dev server writes the same query every time: each shard keeps its first one, and
+    # the union keeps one of those two.
+    args = ["-n", "8", "-o", str(tmp_path / "run"), "--model", "dev", "--base-url",
+            dev_server.url, "--template", "chatml", "--executor", "ray", "--shards", "2"]
+    first = _magpie(*args)
+    assert "2 shards: 2 run, 0 already finished, 0 failed, 1 dropped across shards" in first
+    run = RunDir(tmp_path / "run")
+    kept, dropped = list(run.kept()), list(run.dropped())
+    assert len(kept) == 1 and len(dropped) == 7
+    across = [r for r in dropped if "kept by another shard" in r["rejection"]["reason"]]
+    assert len(across) == 1 and across[0]["rejection"]["rule"] == "exact_duplicate"
+    assert across[0]["rejection"]["evidence"] == {"duplicate_of": kept[0]["id"]}
+    served = dev_server.served
+    again = _magpie(*args)
+    assert "0 run, 2 already finished" in again and dev_server.served == served
+    assert [r["id"] for r in run.kept()] == [kept[0]["id"]]
+
+
+def _kill_magpie_worker_once(marker, cfg, run):
+    """A Magpie job whose worker is SIGKILLed at shard 0's third conversation, once."""
+    from instructforge.methods.magpie import magpie_job
+
+    job, llms = magpie_job(cfg, None, run)
+    seen = []
+
+    async def killing(record, ctx):
+        seen.append(record["id"])
+        if run.root.name == "00000" and len(seen) == 3 and not marker.exists():
+            marker.write_text(str(os.getpid()))
+            os.kill(os.getpid(), signal.SIGKILL)
+        return await job.process(record, ctx)
+
+    return killing, llms
+
+
+def test_magpie_survives_a_killed_worker(tmp_path, ray_cluster, dev_server):
+    from instructforge.methods.filters import FilterConfig
+    from instructforge.methods.magpie import MagpieConfig
+    from instructforge.records import new_record
+
+    cfg = MagpieConfig(llm=ModelConfig("dev", dev_server.url), template="chatml",
+                       filters=FilterConfig(exact_dedup=False, near_dedup=False))
+    make = functools.partial(_kill_magpie_worker_once, tmp_path / "killed", cfg)
+    slots = (new_record(f"magpie-{i}", method="magpie") for i in range(10))
+    res = run_sharded("magpie", slots, tmp_path / "run", make, config={}, shards=2,
+                      concurrency=1, progress=False)
+    assert (tmp_path / "killed").exists() and res.shards_failed == {}
+    ids = [r["id"] for r in RunDir(tmp_path / "run").kept()]
+    assert len(ids) == len(set(ids)) == 10
+    # Per shard: one 1-token template probe per start (3: two shards plus the retry), then
+    # a query and an answer per conversation; the two finished before the kill were not
+    # asked again.
+    assert dev_server.served == 3 + 10 * 2

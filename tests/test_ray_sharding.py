@@ -116,7 +116,7 @@ def test_the_union_writes_each_id_once(tmp_path):
         d = shard_dir(run, i)
         d.data.mkdir(parents=True)
         d.records.write_text(json.dumps({"id": "same"}) + "\n" + json.dumps({"id": f"x{i}"}) + "\n")
-    assert union(run, 2) == (3, 0)
+    assert union(run, 2) == (3, 0, 0)
     assert _ids(run.root) == ["same", "x0", "x1"]
 
 

@@ -56,3 +56,31 @@ def test_without_vllm_the_first_call_says_how_to_get_it():
 
     with pytest.raises(LLMError, match=r"pip install 'instructforge\[vllm\]'"):
         asyncio.run(call())
+
+
+def test_releasing_the_loop_keeps_the_model_loaded_and_aclose_frees_it(monkeypatch):
+    """Magpie checks the template under one asyncio.run and runs the job under another: the
+    model must be loaded once, not once per loop."""
+    shutdowns = []
+    loads = []
+
+    class Engine:
+        def shutdown(self):
+            shutdowns.append(1)
+
+    async def create(self):
+        loads.append(1)
+        return Engine()
+
+    monkeypatch.setattr(VLLM, "_create", create)
+    llm = VLLM("/models/x")
+
+    async def one_loop():
+        await llm._engine()
+        await llm.release_loop()
+
+    asyncio.run(one_loop())
+    asyncio.run(one_loop())
+    assert loads == [1] and shutdowns == []
+    asyncio.run(llm.aclose())
+    assert shutdowns == [1]

@@ -40,10 +40,14 @@ from instructforge.engine.progress import JobProgress
 from instructforge.engine.run import JobAborted, JobResult, ProcessFn, run_job, write_parquet
 from instructforge.engine.store import RunDir, iter_jsonl
 from instructforge.llm.base import LLM
-from instructforge.records import Record, stable_id
+from instructforge.records import IdIndex, Record, stable_id
 
 MakeProcess = Callable[[RunDir], tuple[ProcessFn, Sequence[LLM]]]
 """Builds a shard's job inside the worker: ``make_process(shard_run) -> (process, llms)``."""
+
+UnionFilter = Callable[[Record], Record | None]
+"""Sees each kept record of the union in order; returns a rejected copy to drop it (e.g.
+a duplicate of a record kept by another shard), or None to keep it."""
 
 EXECUTORS = ("ray", "inline")
 FINISHED = "FINISHED"
@@ -62,11 +66,15 @@ class ShardedResult(JobResult):
     shards_run: list[int] = field(default_factory=list)
     shards_skipped: list[int] = field(default_factory=list)
     shards_failed: dict[int, str] = field(default_factory=dict)
+    union_rejected: int = 0  # kept by a shard, dropped by the union filter
 
     def summary(self) -> str:
+        across = (f", {self.union_rejected} dropped across shards" if self.union_rejected
+                  else "")
         return (
             f"{super().summary()} ({self.shards} shards: {len(self.shards_run)} run, "
-            f"{len(self.shards_skipped)} already finished, {len(self.shards_failed)} failed)"
+            f"{len(self.shards_skipped)} already finished, {len(self.shards_failed)} failed"
+            f"{across})"
         )
 
 
@@ -217,6 +225,7 @@ def run_sharded(
     max_retries: int = 3,
     num_cpus: float = 1,
     num_gpus: float = 0,
+    union_filter: UnionFilter | None = None,
 ) -> ShardedResult:
     """Run ``make_process``'s job over ``inputs`` in shards: on Ray (``executor="ray"``), or
     one shard after another in this process (``"inline"``, for debugging without Ray).
@@ -226,7 +235,8 @@ def run_sharded(
     in one worker); ``num_cpus`` / ``num_gpus`` are what each shard task reserves (a vLLM
     worker: ``num_gpus`` = its tensor parallel size). ``max_retries`` retries a shard whose
     worker died. Raises :class:`JobAborted` when a shard fails (the others finish first, and
-    the union of everything finished is written); rerun to resume.
+    the union of everything finished is written); rerun to resume. ``union_filter`` sees
+    the union's kept records in shard order and may drop some (see :func:`union`).
     """
     if executor not in EXECUTORS:
         raise ShardingError(f"unknown executor {executor!r}; choose from {', '.join(EXECUTORS)}")
@@ -295,7 +305,7 @@ def run_sharded(
     result.shards_run.sort()
     result.shards_skipped.sort()
     result.seconds = time.perf_counter() - t0
-    union(run, n)
+    result.union_rejected = union(run, n, union_filter)[2]
     _save_usage(run, name, usage, result)
     write_parquet(run)
     if result.shards_failed:
@@ -332,29 +342,42 @@ def _ray_error(e: BaseException) -> str:
     return text.splitlines()[0][:300]
 
 
-def union(run: RunDir, shards: int) -> tuple[int, int]:
+def union(run: RunDir, shards: int,
+          union_filter: UnionFilter | None = None) -> tuple[int, int, int]:
     """Rebuild ``data/records.jsonl`` and ``rejected.jsonl`` from the shards, each id once.
 
-    Returns (kept, rejected). An id is written once across both files, as the local
-    executor's store does; the files are replaced atomically, so a crash here is harmless.
+    Returns (kept, rejected, dropped by ``union_filter``). An id is written once across both
+    files, as the local executor's store does. ``union_filter`` sees the shards' kept records
+    in shard order (a rerun sees the same order, so it drops the same ones); the copies it
+    returns go to ``rejected.jsonl``, before the shards' own rejections. The files are
+    replaced atomically, so a crash here is harmless and the shards keep everything.
     """
     run.data.mkdir(parents=True, exist_ok=True)
-    seen: set[str] = set()
-    counts = []
-    for target, pick in ((run.records, lambda d: d.records), (run.rejected, lambda d: d.rejected)):
-        tmp = target.with_suffix(".jsonl.tmp")
-        n = 0
-        with open(tmp, "w", encoding="utf-8") as f:
-            for i in range(shards):
-                for rec in iter_jsonl(pick(shard_dir(run, i))):
-                    if rec["id"] in seen:
-                        continue
-                    seen.add(rec["id"])
-                    f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-                    n += 1
-        tmp.replace(target)
-        counts.append(n)
-    return counts[0], counts[1]
+    seen = IdIndex()  # on disk: the union of millions of records keeps memory flat
+    kept_tmp = run.records.with_suffix(".jsonl.tmp")
+    rejected_tmp = run.rejected.with_suffix(".jsonl.tmp")
+    kept = dropped = rejected_n = 0
+    with seen, open(kept_tmp, "w", encoding="utf-8") as keep, \
+            open(rejected_tmp, "w", encoding="utf-8") as reject:
+        for i in range(shards):
+            for rec in iter_jsonl(shard_dir(run, i).records):
+                if seen.first_seen(rec["id"], f"shard {i}"):
+                    continue
+                out = union_filter(rec) if union_filter is not None else None
+                if out is None:
+                    keep.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                    kept += 1
+                else:
+                    reject.write(json.dumps(out, ensure_ascii=False) + "\n")
+                    dropped += 1
+        for i in range(shards):
+            for rec in iter_jsonl(shard_dir(run, i).rejected):
+                if not seen.first_seen(rec["id"], f"shard {i}"):
+                    reject.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                    rejected_n += 1
+    kept_tmp.replace(run.records)
+    rejected_tmp.replace(run.rejected)
+    return kept, rejected_n + dropped, dropped
 
 
 def _add_usage(usage: Usage, by_model_step: dict[str, dict[str, dict[str, float]]]) -> None:

@@ -104,6 +104,12 @@ class LLM(ABC):
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release connections / processes."""
 
+    async def release_loop(self) -> None:
+        """Let go of what is bound to the running event loop (HTTP connections) before that
+        loop ends, so the backend can be used again from another loop. A backend with a
+        model loaded in this process keeps it loaded. Default: :meth:`aclose`."""
+        await self.aclose()
+
     def describe(self) -> dict[str, Any]:
         """Public, secret-free description for config.yaml and usage.json."""
         return {"model": self.model_id}

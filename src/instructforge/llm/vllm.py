@@ -200,6 +200,10 @@ class VLLM(LLM):
         await self._engine()
         return getattr(self._tokenizer, "chat_template", None)
 
+    async def release_loop(self) -> None:
+        """Nothing is bound to the caller's loop: the engine runs on its own, so the model
+        stays loaded for the next caller (Magpie's template check, then its job)."""
+
     async def aclose(self) -> None:
         """Shut the engine down and free the GPU (a later call loads the model again)."""
         with self._lock:

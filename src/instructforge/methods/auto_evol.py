@@ -738,6 +738,9 @@ class SectionsLLM(LLM):
     async def aclose(self) -> None:
         await self.inner.aclose()
 
+    async def release_loop(self) -> None:
+        await self.inner.release_loop()
+
     def describe(self) -> dict[str, Any]:
         return {**self.inner.describe(), "parser": "auto_evol sections"}
 
@@ -1125,7 +1128,7 @@ async def _run_search(searcher: MethodSearch, run_dir: Path, cfg: AutoEvolConfig
         runs = json.loads(path.read_text())["runs"] if path.exists() else []
         _write(path, {"runs": [*runs, {"pid": os.getpid(), "by_model_step": usage}]})
         for llm in searcher.models.distinct():
-            await llm.aclose()
+            await llm.release_loop()  # the final pass uses them again (a vLLM model stays)
         cache.close()
         if shared:
             shared.close()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import functools
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -84,6 +85,8 @@ class MagpieConfig:
     filters: FilterConfig = field(default_factory=FilterConfig)
     concurrency: int = 64
     shared_cache: str | None = None
+    executor: str = "local"  # or "ray": conversations sharded over a Ray cluster
+    shards: int | None = None
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the bad field."""
@@ -299,7 +302,7 @@ async def prepare(cfg: MagpieConfig, llm: LLM) -> ChatTemplate:
     except RawCompletionUnsupported as e:
         raise MagpieError(chat_only_message(llm, str(e))) from e
     finally:
-        await llm.aclose()  # this event loop ends here; the job opens its own connections
+        await llm.release_loop()  # this event loop ends here; the job opens its own
     return template
 
 
@@ -314,18 +317,18 @@ def magpie(
 ) -> JobResult:
     """Synthesise ``config.n`` conversations into ``run_dir`` (rerun to resume).
 
-    ``llm`` / ``response_llm`` override the models built from the config (tests, notebooks).
+    ``llm`` / ``response_llm`` override the models built from the config (tests, notebooks;
+    local executor only).
     """
     cfg = config or MagpieConfig()
     cfg.validate()
-    llm = llm or cfg.llm.build(api_key)
-    if response_llm is None and cfg.response_llm is not None:
-        response_llm = cfg.response_llm.build(api_key)
-    template = asyncio.run(prepare(cfg, llm))
-    job = Magpie(cfg, llm, template, response_llm)
-    job.rebuild_dedup_index(RunDir(run_dir))
     inputs = (new_record(f"magpie-{i}", method="magpie") for i in range(cfg.n))
-    config_out = {**cfg.describe(), "chat_template": template.describe()}
+    if cfg.executor != "local":
+        if llm is not None or response_llm is not None:
+            raise ValueError("llm= objects cannot travel to Ray workers; give model specs")
+        return _magpie_sharded(run_dir, cfg, api_key, inputs, progress)
+    job, llms = magpie_job(cfg, api_key, RunDir(run_dir), llm=llm, response_llm=response_llm)
+    config_out = {**cfg.describe(), "chat_template": job.template.describe()}
     return run_job(
         "magpie",
         inputs,
@@ -335,8 +338,59 @@ def magpie(
         total=cfg.n,
         concurrency=cfg.concurrency,
         progress=progress,
-        llms=[m for m in (llm, response_llm) if m is not None],
+        llms=llms,
         shared_cache=cfg.shared_cache,
+    )
+
+
+def magpie_job(
+    cfg: MagpieConfig, api_key: str | None, run: RunDir, *,
+    llm: LLM | None = None, response_llm: LLM | None = None,
+) -> tuple[Magpie, list[LLM]]:
+    """Build the models, check raw completion, find the template, and rebuild the dedup index
+    from ``run``: a job ready to process records. Module-level so a Ray worker can build it."""
+    llm = llm or cfg.llm.build(api_key)
+    if response_llm is None and cfg.response_llm is not None:
+        response_llm = cfg.response_llm.build(api_key)
+    job = Magpie(cfg, llm, asyncio.run(prepare(cfg, llm)), response_llm)
+    job.rebuild_dedup_index(run)
+    return job, [m for m in (llm, response_llm) if m is not None]
+
+
+def _shard_job(cfg: MagpieConfig, api_key: str | None, run: RunDir) -> tuple[Any, list[LLM]]:
+    job, llms = magpie_job(cfg, api_key, run)
+    return job.process, llms
+
+
+def _magpie_sharded(run_dir: str | Path, cfg: MagpieConfig, api_key: str | None,
+                    inputs: Any, progress: bool) -> JobResult:
+    """``--executor ray``: conversation slots sharded over Ray, each shard deduplicating its
+    own queries as it goes; the union then drops queries another shard already kept."""
+    from instructforge.engine.ray_executor import gpus_needed, run_sharded
+
+    across = TextFilters(cfg.filters)
+
+    def dedup(rec: Record) -> Record | None:
+        query = instruction(rec)
+        if r := across.check_duplicate(query, exclude=rec["id"]):
+            return rejected(rec, stage="dedup", rule=r.rule,
+                            reason=f"{r.reason} (kept by another shard)", evidence=r.evidence)
+        across.remember(query, rec["id"])
+        return None
+
+    return run_sharded(
+        "magpie",
+        inputs,
+        run_dir,
+        functools.partial(_shard_job, cfg, api_key),
+        config=cfg.describe(),
+        shards=cfg.shards,
+        executor=cfg.executor,
+        concurrency=cfg.concurrency,
+        progress=progress,
+        shared_cache=cfg.shared_cache,
+        num_gpus=gpus_needed(cfg.llm.model, cfg.response_llm.model if cfg.response_llm else None),
+        union_filter=dedup,
     )
 
 
