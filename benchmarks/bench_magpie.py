@@ -8,7 +8,7 @@ server, with the same seeds and the same request concurrency:
 - **engine**: the real job (``magpie()``: request cache, store, filters, dedup, progress off).
 
 Figures: instruction/response pairs per hour (kept, and generated), completion tokens/s, and
-the saturation ratio = engine tokens/s / raw tokens/s (issue 2's measure; target >= 0.95).
+the saturation ratio = engine tokens/s / raw tokens/s (the engine's overhead measure; target >= 0.95).
 
     python benchmarks/bench_magpie.py --n 32 --max-tokens 128
 """

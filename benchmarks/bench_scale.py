@@ -4,7 +4,7 @@
 ``respond`` against the instant-answer dev server (``python -m instructforge.devserver``) in a
 separate process. Each run is a fresh child process whose whole process tree (driver, Ray's
 GCS, raylet and workers) is sampled for RSS; calls/s is records over the job's wall time
-(Ray's start-up is timed apart). The issue's figure is ``--records 1000000``; the default
+(Ray's start-up is timed apart). The reference figure is ``--records 1000000``; the default
 finishes in a few minutes on a 2-core machine.
 
     python benchmarks/bench_scale.py                       # 40k and 10k records
