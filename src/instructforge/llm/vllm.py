@@ -188,9 +188,9 @@ class VLLM(LLM):
         # would add a second one (vLLM's own chat path does the same).
         ids = self._tokenizer.apply_chat_template(
             messages, tokenize=True, add_generation_prompt=True)
-        if isinstance(ids, dict):  # some tokenizers return a BatchEncoding
+        if hasattr(ids, "keys"):  # transformers 5 returns a BatchEncoding (not a dict)
             ids = ids["input_ids"]
-        return await self._generate({"prompt_token_ids": list(ids)}, params)
+        return await self._generate({"prompt_token_ids": [int(i) for i in ids]}, params)
 
     async def complete(self, text: str, params: SamplingParams) -> Completion:
         # Text as vLLM's /v1/completions takes it (its tokenizer adds BOS if the model wants).
