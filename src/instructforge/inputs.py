@@ -186,15 +186,22 @@ class InstructionSource:
             for row in self._rows():
                 if self.limit is not None and n >= self.limit:
                     return
-                problem = self._check(row)
-                rec = self._record(row) if problem is None else None
-                if rec is not None and (first := seen.first_seen(rec["id"], row.where)):
-                    problem = f"duplicate id {rec['id']!r} (first at {first})"
-                if rec is not None and problem is None:
+                rec, problem = self._checked(row, seen)
+                if rec is not None:
                     n += 1
                     yield rec
                 else:
                     yield self._invalid(row, problem or "invalid row")
+
+    def _checked(self, row: Row, ids: IdIndex) -> tuple[Record | None, str | None]:
+        """The row's record, or why it is bad (a field, or an id seen before in ``ids``)."""
+        problem = self._check(row)
+        if problem is not None:
+            return None, problem
+        rec = self._record(row)
+        if first := ids.first_seen(rec["id"], row.where):
+            return None, f"duplicate id {rec['id']!r} (first at {first})"
+        return rec, None
 
     def _invalid(self, row: Row, problem: str) -> Record:
         """A bad row as a rejected record (``skip_invalid``), or :class:`InputError`."""
@@ -212,11 +219,7 @@ class InstructionSource:
         problems: list[str] = []
         with IdIndex() as ids:
             for row in self._rows():
-                problem = self._check(row)
-                if problem is None:
-                    rid = self._record(row)["id"]
-                    if first := ids.first_seen(rid, row.where):
-                        problem = f"duplicate id {rid!r} (first at {first})"
+                problem = self._checked(row, ids)[1]
                 if problem is None:
                     good += 1
                 else:

@@ -115,14 +115,15 @@ class IdIndex:
         self.db.execute("BEGIN")
         self.update(ids)
 
-    def first_seen(self, rid: str, where: str = "") -> str | None:
+    def add(self, rid: str, where: str = "") -> bool:
+        """Remember ``rid`` (first seen at ``where``); False when it was already there."""
+        return self.db.execute("INSERT OR IGNORE INTO ids VALUES (?, ?)", (rid, where)).rowcount > 0
+
+    def first_seen(self, rid: str, where: str) -> str | None:
         """Where ``rid`` was seen before (None the first time; this time is then remembered)."""
-        if self.db.execute("INSERT OR IGNORE INTO ids VALUES (?, ?)", (rid, where)).rowcount:
+        if self.add(rid, where):
             return None
         return self.db.execute("SELECT at FROM ids WHERE id = ?", (rid,)).fetchone()[0]
-
-    def add(self, rid: str) -> None:
-        self.db.execute("INSERT OR IGNORE INTO ids VALUES (?, '')", (rid,))
 
     def update(self, ids: Iterable[str]) -> None:
         self.db.executemany("INSERT OR IGNORE INTO ids VALUES (?, '')", ((i,) for i in ids))

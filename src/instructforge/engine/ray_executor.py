@@ -361,7 +361,7 @@ def union(run: RunDir, shards: int,
             open(rejected_tmp, "w", encoding="utf-8") as reject:
         for i in range(shards):
             for rec in iter_jsonl(shard_dir(run, i).records):
-                if seen.first_seen(rec["id"], f"shard {i}"):
+                if not seen.add(rec["id"]):
                     continue
                 out = union_filter(rec) if union_filter is not None else None
                 if out is None:
@@ -372,7 +372,7 @@ def union(run: RunDir, shards: int,
                     dropped += 1
         for i in range(shards):
             for rec in iter_jsonl(shard_dir(run, i).rejected):
-                if not seen.first_seen(rec["id"], f"shard {i}"):
+                if seen.add(rec["id"]):
                     reject.write(json.dumps(rec, ensure_ascii=False) + "\n")
                     rejected_n += 1
     kept_tmp.replace(run.records)

@@ -352,6 +352,14 @@ class TextFilters:
             return r
         return None
 
+    def keep_unique(self, text: str, record_id: str) -> Rejection | None:
+        """Check ``text`` against the kept instructions and, when it is no duplicate, remember
+        it, in one step (no await between them: atomic among concurrent records)."""
+        if r := self.check_duplicate(text, exclude=record_id):
+            return r
+        self.remember(text, record_id)
+        return None
+
     def remember(self, text: str, record_id: str) -> None:
         """Add a kept instruction to the dedup indexes."""
         if self.config.exact_dedup:

@@ -264,11 +264,8 @@ class Magpie:
             if r := self.filters.check(answer, field="response" + suffix,
                                        finish_reason=a.finish_reason):
                 return drop("response", r)
-        # No await from here on: check-and-remember is atomic among concurrent records.
-        first = messages[0]["content"]
-        if r := self.filters.check_duplicate(first, exclude=rid):
+        if r := self.filters.keep_unique(messages[0]["content"], rid):
             return drop("dedup", r)
-        self.filters.remember(first, rid)
         return [new_record(rid, method="magpie", messages=messages, metadata=meta)]
 
     async def _answer(self, ctx: Context, rid: str, turn: int,
@@ -371,11 +368,9 @@ def _magpie_sharded(run_dir: str | Path, cfg: MagpieConfig, api_key: str | None,
     across = TextFilters(cfg.filters)
 
     def dedup(rec: Record) -> Record | None:
-        query = instruction(rec)
-        if r := across.check_duplicate(query, exclude=rec["id"]):
+        if r := across.keep_unique(instruction(rec), rec["id"]):
             return rejected(rec, stage="dedup", rule=r.rule,
                             reason=f"{r.reason} (kept by another shard)", evidence=r.evidence)
-        across.remember(query, rec["id"])
         return None
 
     return run_sharded(
