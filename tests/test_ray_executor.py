@@ -70,20 +70,25 @@ def test_a_rerun_on_ray_skips_finished_shards(tmp_path, ray_cluster, dev_server)
     assert len(list(RunDir(tmp_path / "run").kept())) == 8
 
 
-def _kill_worker_once(marker, cfg, run):
-    """A respond job whose worker process is killed (SIGKILL) at shard 0's third record,
-    once; the marker file remembers the kill across the retry."""
-    process, llms = respond_job(cfg, None, run)
+def _killing(marker, run, process, nth):
+    """``process``, but the worker process is killed (SIGKILL) at shard 0's ``nth`` record,
+    once; the marker file remembers the kill across Ray's retry."""
     seen = []
 
     async def killing(record, ctx):
         seen.append(record["id"])
-        if run.root.name == "00000" and len(seen) == 3 and not marker.exists():
+        if run.root.name == "00000" and len(seen) == nth and not marker.exists():
             marker.write_text(str(os.getpid()))
             os.kill(os.getpid(), signal.SIGKILL)
         return await process(record, ctx)
 
-    return killing, llms
+    return killing
+
+
+def _kill_worker_once(marker, cfg, run):
+    """A respond job whose worker is SIGKILLed at shard 0's third record, once."""
+    process, llms = respond_job(cfg, None, run)
+    return _killing(marker, run, process, 3), llms
 
 
 def test_a_worker_killed_mid_shard_is_retried_and_resumes(tmp_path, ray_cluster, dev_server):
@@ -153,16 +158,7 @@ def _kill_evolve_worker_once(marker, cfg, run):
     from instructforge.methods.evol_instruct import evol_job
 
     chain, llms = evol_job(cfg, None, run)
-    seen = []
-
-    async def killing(record, ctx):
-        seen.append(record["id"])
-        if run.root.name == "00000" and len(seen) == 2 and not marker.exists():
-            marker.write_text(str(os.getpid()))
-            os.kill(os.getpid(), signal.SIGKILL)
-        return await chain(record, ctx)
-
-    return killing, llms
+    return _killing(marker, run, chain, 2), llms
 
 
 def test_evolve_survives_a_killed_worker(tmp_path, ray_cluster, dev_server):
@@ -226,16 +222,7 @@ def _kill_magpie_worker_once(marker, cfg, run):
     from instructforge.methods.magpie import magpie_job
 
     job, llms = magpie_job(cfg, None, run)
-    seen = []
-
-    async def killing(record, ctx):
-        seen.append(record["id"])
-        if run.root.name == "00000" and len(seen) == 3 and not marker.exists():
-            marker.write_text(str(os.getpid()))
-            os.kill(os.getpid(), signal.SIGKILL)
-        return await job.process(record, ctx)
-
-    return killing, llms
+    return _killing(marker, run, job.process, 3), llms
 
 
 def test_magpie_survives_a_killed_worker(tmp_path, ray_cluster, dev_server):
