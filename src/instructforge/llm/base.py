@@ -9,7 +9,9 @@ Backends know nothing of methods or the engine; they can be used alone::
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -18,22 +20,58 @@ Message = dict[str, str]
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """Sampling parameters sent with every request (and part of every cache key)."""
+    """Sampling parameters sent with every request (and part of every cache key).
+
+    ``choices`` and ``json_schema`` constrain the output (structured output): the answer is
+    exactly one of ``choices``, or JSON matching ``json_schema``. Backends map them to the
+    server's constrained decoding and fall back to free text where it is refused; read the
+    answer with :func:`instructforge.llm.structured.read_choice` / ``read_json``, which
+    accept both. ``json_schema`` is kept as canonical JSON text, so the params stay
+    hashable and the cache key stable.
+
+    >>> SamplingParams(0.0, choices=("Equal", "Not Equal")).to_dict()["choices"]
+    ['Equal', 'Not Equal']
+    """
 
     temperature: float = 0.7
     top_p: float = 1.0
     max_tokens: int = 512
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    choices: tuple[str, ...] | None = None
+    json_schema: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.choices is not None:
+            choices = tuple(self.choices)
+            if not choices or not all(isinstance(c, str) and c for c in choices):
+                raise ValueError("choices must be a non-empty list of non-empty strings")
+            object.__setattr__(self, "choices", choices)
+        if isinstance(self.json_schema, Mapping):
+            object.__setattr__(self, "json_schema", json.dumps(self.json_schema, sort_keys=True))
+
+    @property
+    def constrained(self) -> bool:
+        return self.choices is not None or self.json_schema is not None
+
+    def schema(self) -> dict[str, Any] | None:
+        """``json_schema`` as a dict (None when unset)."""
+        return json.loads(self.json_schema) if self.json_schema is not None else None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d: dict[str, Any] = {
             "temperature": self.temperature,
             "top_p": self.top_p,
             "max_tokens": self.max_tokens,
             "seed": self.seed,
             "stop": list(self.stop),
         }
+        # Only when set, so unconstrained requests keep the cache keys they always had.
+        if self.choices is not None:
+            d["choices"] = list(self.choices)
+        if self.json_schema is not None:
+            d["json_schema"] = self.schema()
+        return d
 
     def replace(self, **changes: Any) -> SamplingParams:
         d = asdict(self)
