@@ -71,6 +71,10 @@ class FakeLLM(LLM):
     def role(prompt: str) -> str:
         if prompt.startswith("Here are two instructions"):
             return "judge"
+        if prompt.startswith("A rewriting model was asked"):
+            return "instruction_judge"
+        if prompt.startswith("An instruction was rewritten"):
+            return "task_judge"
         if "#Optimized Method#" in prompt:
             return "optimize"
         if "Stage 0:" in prompt:
@@ -83,6 +87,10 @@ class FakeLLM(LLM):
         role = self.role(prompt)
         if role == "judge":
             return "Not Equal"
+        if role == "instruction_judge":
+            return "Instruction"
+        if role == "task_judge":
+            return "Yes"
         if role == "optimize":
             return f"Step 1 #Analysis#: fix it\nStep 2 #Optimized Method#:\n{VARIANTS[VARIANT_OF_SEED[seed]]}"
         if role == "analysis":
@@ -491,7 +499,8 @@ def test_evol_and_optimizer_may_be_different_backends(tmp_path):
     search(seeds, tmp_path / "run", small_config(steps=1),
            models=SearchModels(evol, optimizer, evol, evol))
     assert {r for r, _, _ in optimizer.calls} == {"analysis", "optimize"}
-    assert {r for r, _, _ in evol.calls} == {"evolve", "judge", "respond"}
+    assert {r for r, _, _ in evol.calls} == {"evolve", "judge", "instruction_judge",
+                                             "task_judge", "respond"}
 
 
 def test_auto_evolve_runs_evol_instruct_with_the_best_method(tmp_path):
@@ -510,3 +519,23 @@ def test_auto_evolve_runs_evol_instruct_with_the_best_method(tmp_path):
     assert (tmp_path / "run" / "summary.json").exists()
     log = (tmp_path / "run/methods/best/evolutions.jsonl").read_text().splitlines()
     assert json.loads(log[0])["raw"].startswith("Step 1 #Methods List#")
+
+
+def test_dev_set_is_held_out_from_the_mini_batches(tmp_path):
+    seeds = write_seeds(tmp_path / "seeds.jsonl", 6)
+    methods = tmp_path / "run" / "methods"
+    search(seeds, tmp_path / "run", small_config(steps=2, dev_size=4, batch_size=2),
+           models=fake_models(FakeLLM()))
+    dev = {json.loads(line)["id"] for line in (methods / "dev_set.jsonl").read_text().splitlines()}
+    batches = [{json.loads(line)["id"] for line in (methods / f"step_{k}" / "trajectories.jsonl")
+                .read_text().splitlines()} for k in (1, 2)]
+    assert len(dev) == 4
+    assert all(len(b) == 2 and not b & dev for b in batches)
+
+
+def test_a_pool_too_small_for_dev_set_and_mini_batch_is_a_clear_error(tmp_path):
+    seeds = write_seeds(tmp_path / "seeds.jsonl", 5)
+    with pytest.raises(AutoEvolError, match=r"5 instructions cannot hold a dev set of 4 and "
+                       r"mini-batches of 2 apart: give at least 6"):
+        search(seeds, tmp_path / "run", small_config(steps=1, dev_size=4, batch_size=2),
+               models=fake_models(FakeLLM()))

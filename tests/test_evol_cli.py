@@ -17,8 +17,18 @@ def test_dry_run_plans_the_calls_and_calls_nothing(tmp_path):
     result = CliRunner().invoke(app, ["evolve", SEEDS, "-o", str(tmp_path / "r"), "--rounds",
                                       "2", "--dry-run"])
     assert result.exit_code == 0, result.output
-    assert "llm calls at most" in result.output and "60" in result.output  # 10 x 2 x 3
+    # 10 seeds x 2 rounds x (evolve + 3 judges + respond)
+    assert "llm calls at most" in result.output and "100" in result.output
     assert not (tmp_path / "r").exists()
+    paper = CliRunner().invoke(app, ["evolve", SEEDS, "-o", str(tmp_path / "r"), "--rounds",
+                                     "2", "--rules", "paper", "--dry-run"])
+    assert paper.exit_code == 0, paper.output
+    assert "60" in paper.output  # 10 x 2 x (evolve + equality judge + respond)
+
+
+def test_unknown_rule_set_exits_2():
+    result = invoke("--rules", "strict", "--dry-run")
+    assert result.exit_code == 2 and "unknown rule set 'strict'" in result.output
 
 
 def test_unknown_operation_exits_2_naming_it():
@@ -40,7 +50,8 @@ def test_bad_weight_exits_2():
 
 def test_recipe_file_sets_defaults(tmp_path):
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text("rounds: 3\nops: deepening,in_breadth\ndisable_rule: [no_information_gain]\n")
+    recipe.write_text("rounds: 3\nops: deepening,in_breadth\nrules: paper\n"
+                      "disable_rule: [no_information_gain]\n")
     result = CliRunner().invoke(app, ["evolve", SEEDS, "-o", str(tmp_path / "r"), "--config",
                                       str(recipe), "--dry-run"])
     assert result.exit_code == 0, result.output

@@ -30,7 +30,8 @@ GIVEN = re.compile(r"#(?:The )?Given Prompt#:\n(.*)\n\n#(?:Rewritten|Created) Pr
 
 class ScriptedLLM(LLM):
     """Plays all three roles. An evolution appends " +N" (N = round) to its parent; the
-    judge says Not Equal; the answer is a plain sentence. ``evolve_reply`` /
+    judge says Not Equal; our two judges say the child is an instruction that keeps its task;
+    the answer is a plain sentence. ``evolve_reply`` /
     ``judge_reply`` / ``answer_reply`` override a reply for a given parent / child text;
     a callable override gets the times that text was seen so far."""
 
@@ -51,6 +52,10 @@ class ScriptedLLM(LLM):
             return "evolve"
         if prompt.startswith("Here are two instructions"):
             return "judge"
+        if prompt.startswith("A rewriting model was asked"):
+            return "instruction_judge"
+        if prompt.startswith("An instruction was rewritten"):
+            return "task_judge"
         return "respond"
 
     def reply(self, prompt: str) -> str:
@@ -66,6 +71,10 @@ class ScriptedLLM(LLM):
         if role == "judge":
             child = prompt.split("The Second Prompt: ", 1)[1].split("\n\n")[0]
             return self.judge_reply.get(child, "Not Equal")
+        if role == "instruction_judge":
+            return "Instruction"
+        if role == "task_judge":
+            return "Yes"
         return self.answer_reply.get(prompt, f"Here is a careful answer to: {prompt}")
 
     async def chat(self, messages, params: SamplingParams) -> Completion:
@@ -334,7 +343,8 @@ def test_summary_counts_per_round_and_operation(tmp_path):
         evolve_reply={"B.": "#Rewritten Prompt#", "C.": "#Rewritten Prompt#: C, harder."},
         answer_reply={"A. +1": "Sorry, no."},
     )
-    rd = run(tmp_path, llm, seeds=("A.", "B.", "C."), rounds=1)
+    rd = run(tmp_path, llm, seeds=("A.", "B.", "C."), rounds=1,
+             elimination=EliminationConfig.preset("paper"))
     s = summarise(rd.root)
     assert s["total"]["attempted"] == 3
     assert s["total"]["kept"] == 1
@@ -380,5 +390,8 @@ def test_more_rounds_in_a_new_run_replay_the_old_rounds_from_a_shared_cache(tmp_
     more = ScriptedLLM()
     rd = run(tmp_path, more, seeds=("A.",), rounds=3, run_name="more",
              shared_cache=str(tmp_path / "run" / "cache.sqlite"))
-    assert [role for role, _ in more.calls] == ["evolve", "judge", "respond"]  # round 3 only
+    # Round 3 only: evolve, the three judges (the task judge unless in-breadth), respond.
+    roles = [role for role, _ in more.calls]
+    assert roles[:3] == ["evolve", "judge", "instruction_judge"]
+    assert roles[3:] in (["task_judge", "respond"], ["respond"])
     assert sorted(by_id(rd.kept())) == ["s1-r1", "s1-r2", "s1-r3"]

@@ -15,6 +15,7 @@ from pathlib import Path
 from test_evol_loop import ScriptedLLM, write_seeds
 
 from instructforge.engine import RunDir
+from instructforge.methods.eliminate import EliminationConfig
 from instructforge.methods.evol_instruct import EvolConfig, Models, evolve
 
 # The child process: a scripted LLM that logs every call it finishes and hangs on seed s1's
@@ -24,6 +25,7 @@ CHILD = textwrap.dedent(
     import asyncio, json, sys
     sys.path.insert(0, {tests!r})
     from test_evol_loop import ScriptedLLM
+    from instructforge.methods.eliminate import EliminationConfig
     from instructforge.methods.evol_instruct import EvolConfig, Models, evolve
 
     class Hanging(ScriptedLLM):
@@ -39,7 +41,7 @@ CHILD = textwrap.dedent(
             return out
 
     llm = Hanging()
-    evolve({seeds!r}, {run!r}, EvolConfig(rounds=3), models=Models(llm, llm, llm),
+    evolve({seeds!r}, {run!r}, EvolConfig(rounds=3, elimination=EliminationConfig.preset("paper")), models=Models(llm, llm, llm),
            progress=False)
     """
 )
@@ -76,7 +78,8 @@ def test_sigkill_in_round_two_then_rerun_resumes_without_repeating_calls(tmp_pat
     assert len(kept_before) == 9
 
     again = ScriptedLLM()
-    evolve(seeds, run_dir, EvolConfig(rounds=3), models=Models(again, again, again),
+    evolve(seeds, run_dir, EvolConfig(rounds=3, elimination=EliminationConfig.preset("paper")),
+           models=Models(again, again, again),
            progress=False)
 
     # No finished call was made again: only s1's rounds 2 and 3 reached the LLM.

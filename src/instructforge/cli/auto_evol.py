@@ -45,7 +45,7 @@ from instructforge.methods.respond import ModelConfig
 
 _SPEC_HELP = ("Model spec: 'embedded' (SmolLM2 on CPU), a .gguf path, 'openai:MODEL@URL', "
               "'openai:MODEL' (OPENAI_BASE_URL), or a model name on --base-url.")
-_RULES = (*el.RULES, *PAPER_FAILURE_TYPES)
+_RULES = (*el.ALL_RULES, *PAPER_FAILURE_TYPES)
 
 
 @app.command("auto-evol")
@@ -102,6 +102,10 @@ def auto_evol_cmd(
     api_key: ApiKeyOpt = None,
     max_concurrency: MaxConcurrencyOpt = None,
     timeout: TimeoutOpt = None,
+    rules: Annotated[
+        str, typer.Option("--rules", help="Elimination rules, in the search and the final pass "
+                          "alike: 'all' (the paper's four plus our checks) or 'paper'.")
+    ] = "all",
     disable_rule: Annotated[
         list[str] | None,
         typer.Option("--disable-rule", help="Switch a failure rule off (repeatable): "
@@ -142,6 +146,9 @@ def auto_evol_cmd(
         if unknown:
             raise AutoEvolError(f"unknown rule(s) {', '.join(sorted(unknown))}; "
                                 f"rules: {', '.join(_RULES)}")
+        if rules not in el.PRESETS:
+            raise AutoEvolError(f"unknown rule set {rules!r}; choose one of: "
+                                f"{', '.join(el.PRESETS)}")
 
         def model(spec: str) -> ModelConfig:
             return ModelConfig(spec, base_url, None, max_concurrency, timeout)
@@ -157,7 +164,8 @@ def auto_evol_cmd(
             trajectory_steps=trajectory_steps, batch_size=batch_size, dev_size=dev_size,
             rounds=rounds, initial_method=str(initial_method) if initial_method else None,
             seed=seed,
-            elimination=el.EliminationConfig(**{r: r not in disabled for r in el.RULES}),
+            elimination=el.EliminationConfig.preset(
+                rules, [r for r in disabled if r in el.ALL_RULES]),
             failures=FailureConfig(**{r: r not in disabled for r in PAPER_FAILURE_TYPES}),
             evol_temperature=evol_temperature, evol_max_tokens=evol_max_tokens,
             optimizer_temperature=optimizer_temperature,

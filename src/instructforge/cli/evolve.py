@@ -94,10 +94,15 @@ def evolve_cmd(
     api_key: ApiKeyOpt = None,
     max_concurrency: MaxConcurrencyOpt = None,
     timeout: TimeoutOpt = None,
+    rules: Annotated[
+        str, typer.Option("--rules", help="Elimination rules: 'all' (the paper's four plus our "
+                          "checks: " + ", ".join(el.EXTRA_RULES) + ") or 'paper' (exactly the "
+                          "paper's four).")
+    ] = "all",
     disable_rule: Annotated[
         list[str] | None,
         typer.Option("--disable-rule", help="Switch an elimination rule off (repeatable): "
-                     + ", ".join(el.RULES) + "."),
+                     + ", ".join(el.ALL_RULES) + "."),
     ] = None,
     short_response_words: Annotated[
         int, typer.Option(help="Rule 2 fires on a refusal shorter than this many words.")
@@ -125,11 +130,11 @@ def evolve_cmd(
     Example: [bold]instructforge evolve examples/seeds.jsonl -o runs/demo --rounds 2[/bold]
     """
     try:
-        disabled = set(disable_rule or [])
-        unknown = disabled - set(el.RULES)
-        if unknown:
-            raise EvolError(f"unknown rule(s) {', '.join(sorted(unknown))}; "
-                            f"rules: {', '.join(el.RULES)}")
+        try:
+            elimination = el.EliminationConfig.preset(
+                rules, disable_rule, short_response_words=short_response_words)
+        except ValueError as e:
+            raise EvolError(str(e)) from None
 
         def model(spec: str) -> ModelConfig:
             return ModelConfig(spec, base_url, None, max_concurrency, timeout)
@@ -144,10 +149,7 @@ def evolve_cmd(
             ops_dir=str(ops_dir) if ops_dir else None,
             seed=seed,
             keep_seeds=keep_seeds,
-            elimination=el.EliminationConfig(
-                **{rule: rule not in disabled for rule in el.RULES},
-                short_response_words=short_response_words,
-            ),
+            elimination=elimination,
             evol_temperature=evol_temperature,
             evol_max_tokens=evol_max_tokens,
             response_temperature=temperature,
@@ -182,7 +184,9 @@ def evolve_cmd(
 
 
 def _plan(input: str, n: int, cfg: EvolConfig, names: list[str]) -> dict[str, Any]:
-    per_round = 1 + cfg.elimination.no_information_gain + 1  # evolve, judge, respond
+    judges = sum(getattr(cfg.elimination, r) for r in
+                 (el.NO_INFORMATION_GAIN, el.NOT_AN_INSTRUCTION, el.LOST_THE_TASK))
+    per_round = 1 + judges + 1  # evolve, judges, respond
     return {
         "input": input,
         "seeds": n,
@@ -192,16 +196,21 @@ def _plan(input: str, n: int, cfg: EvolConfig, names: list[str]) -> dict[str, An
                   f"judge={cfg.judge_llm.model}",
         "llm_calls_at_most": n * cfg.rounds * per_round + (n if cfg.keep_seeds else 0),
         "completion_tokens_max": n * cfg.rounds * (
-            cfg.evol_max_tokens + cfg.response_max_tokens + cfg.judge_max_tokens
+            cfg.evol_max_tokens + cfg.response_max_tokens + judges * cfg.judge_max_tokens
         ),
     }
 
 
 def print_summary(summary: dict[str, Any]) -> None:
     """The end-of-run table: per round and operation, attempted / kept / eliminated by rule."""
-    rules = [*el.RULES, el.EMPTY_INSTRUCTION]
+    # Only the rules that eliminated something get a column (the full counts are in
+    # summary.json), so the table stays narrow.
+    fired = summary["total"]["eliminated"]
+    rules = [r for r in (*el.ALL_RULES, el.EMPTY_INSTRUCTION) if fired.get(r)]
     short = {"no_information_gain": "r1 equal", "hard_to_respond": "r2 sorry",
              "only_stop_words": "r3 stopw", "copies_evolving_prompt": "r4 copies",
+             "truncated_evolution": "cut", "degenerate_repetition": "repeats",
+             "not_an_instruction": "answer", "lost_the_task": "lost task",
              "empty_instruction": "empty"}
     t = Table(title="Evol-Instruct: per round and operation")
     for col in ("round", "operation", "attempted", "kept", *[short[r] for r in rules],

@@ -50,7 +50,7 @@ from instructforge.engine import Context, JobResult, RequestCache, RunDir, prefl
 from instructforge.inputs import InstructionSource
 from instructforge.llm import LLM, Completion, Message, RawCompletionUnsupported, SamplingParams
 from instructforge.methods import eliminate as el
-from instructforge.methods.evol_instruct import EvolConfig, Models, evolve, render_equality_judge
+from instructforge.methods.evol_instruct import EvolConfig, Models, evolve
 from instructforge.methods.respond import ModelConfig, build_roles, distinct
 from instructforge.records import instruction, stable_seed
 
@@ -812,12 +812,19 @@ class MethodSearch:
         self.rules = cfg.elimination_for_auto_evol()
         self.initial = (EvolvingMethod.load(cfg.initial_method) if cfg.initial_method
                         else EvolvingMethod.initial())
+        # The dev set is held out: mini-batches never come from it, so the failure rate
+        # that picks a method is measured on instructions its optimisation never saw.
+        if len(self.pool) < cfg.dev_size + cfg.batch_size:
+            raise AutoEvolError(
+                f"{len(self.pool)} instructions cannot hold a dev set of {cfg.dev_size} and "
+                f"mini-batches of {cfg.batch_size} apart: give at least "
+                f"{cfg.dev_size + cfg.batch_size} instructions, or lower --dev-size / "
+                f"--batch-size (e.g. --dev-size {max(1, len(self.pool) - cfg.batch_size)})"
+            )
         rng = random.Random(stable_seed(cfg.seed, "dev_set"))
-        self.dev = sorted(rng.sample(self.pool, min(cfg.dev_size, len(self.pool))),
-                          key=lambda x: x.id)
+        self.dev = sorted(rng.sample(self.pool, cfg.dev_size), key=lambda x: x.id)
         dev_ids = {d.id for d in self.dev}
-        # Mini-batches come from outside the dev set when there is an outside.
-        self.train = [x for x in self.pool if x.id not in dev_ids] or self.pool
+        self.train = [x for x in self.pool if x.id not in dev_ids]
 
     # -- LLM calls -----------------------------------------------------------------------
     def _evol_params(self, *seed_parts: object) -> SamplingParams:
@@ -885,30 +892,19 @@ class MethodSearch:
 
     async def _evaluate_one(self, ctx: Context, method: EvolvingMethod, x: Instr) -> DevResult:
         c, rules = self.cfg, self.rules
-        raw, parsed, _ = await self._evolve(ctx, method, x.text, "dev_evolve", "dev", x.id,
-                                            "evolve")
+        raw, parsed, out = await self._evolve(ctx, method, x.text, "dev_evolve", "dev", x.id,
+                                              "evolve")
         if parsed.instruction is None:
             f = el.Finding(UNPARSEABLE, True, "the method's answer has no final rewritten "
                            "instruction section", {"sections": parsed.sections})
             return DevResult(x.id, x.text, raw, None, None, None, [f])
-        child, _ = el.normalise_instruction(parsed.instruction)
-        findings: list[el.Finding] = []
-        if not child:
-            findings.append(el.Finding(el.EMPTY_INSTRUCTION, True,
-                                       "the evolved instruction is empty", {}))
+        child, normalisations = el.normalise_instruction(parsed.instruction)
+        findings = await el.check_instruction(
+            x.text, child, self._judge(ctx), rules, normalisations=normalisations,
+            truncated=out.finish_reason == "length",
+        )
+        if el.first_fired(findings):  # as in Evol-Instruct: a failed child is not answered
             return DevResult(x.id, x.text, raw, child, parsed.section, None, findings)
-        if rules.copies_evolving_prompt:
-            findings.append(el.copies_evolving_prompt(child, rules.evolving_prompt_patterns))
-        judge_text: str | None = None
-        if rules.no_information_gain and not el.same_text(x.text, child):
-            judge = await ctx.chat(
-                self.models.judge,
-                [{"role": "user", "content": render_equality_judge(x.text, child)}],
-                SamplingParams(0.0, 1.0, c.judge_max_tokens, c.seed), step="dev_judge",
-            )
-            judge_text = judge.text
-        if rules.no_information_gain:
-            findings.append(el.no_information_gain(x.text, child, judge_text))
         reply = await ctx.chat(
             self.models.response, [{"role": "user", "content": child}],
             SamplingParams(c.response_temperature, c.top_p, c.response_max_tokens,
@@ -917,14 +913,23 @@ class MethodSearch:
         )
         answer = reply.text.strip()
         truncated = reply.finish_reason == "length"
-        if rules.hard_to_respond:
-            # A cut answer is longer than what we saw: the "short" condition cannot hold.
-            limit = 0 if truncated else rules.short_response_words
-            findings.append(el.hard_to_respond(answer, limit, rules.refusal_phrases))
-        if rules.only_stop_words:
-            findings.append(el.only_stop_words(answer, rules.stop_words_language))
+        findings += el.check_response(answer, rules, truncated=truncated)
         findings.extend(paper_failure_types(answer, truncated=truncated, config=c.failures))
         return DevResult(x.id, x.text, raw, child, parsed.section, answer, findings)
+
+    def _judge(self, ctx: Context) -> el.Judge:
+        """The dev-set judge, asked exactly as Evol-Instruct asks it (greedy, constrained)."""
+        c = self.cfg
+
+        async def ask(prompt: str, choices: tuple[str, ...]) -> str:
+            out = await ctx.chat(
+                self.models.judge, [{"role": "user", "content": prompt}],
+                SamplingParams(0.0, 1.0, c.judge_max_tokens, c.seed, choices=choices),
+                step="dev_judge",
+            )
+            return out.text
+
+        return ask
 
     # -- persistence ---------------------------------------------------------------------
     def _step_dir(self, k: int) -> Path:

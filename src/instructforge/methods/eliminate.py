@@ -1,17 +1,31 @@
 """Elimination evolving (WizardLM, METHODS.md section 1): when does an evolution fail?
 
-Four rules, each on its own field, each returning a :class:`Finding` with its evidence
-whether it fired or not (so kept records carry their audit too):
+The paper's four rules, each on its own field, each returning a :class:`Finding` with its
+evidence whether it fired or not (so kept records carry their audit too):
 
 1. :func:`no_information_gain` - parent vs child *instruction*, from an LLM's Equal / Not
-   Equal judgement (parsed by :func:`parse_equality_verdict`);
+   Equal judgement (asked with a choice constraint, read by :func:`parse_equality_verdict`);
 2. :func:`hard_to_respond` - the *response* says "sorry" (or refuses) and is short;
 3. :func:`only_stop_words` - the *response* is only punctuation and stop words;
 4. :func:`copies_evolving_prompt` - the *instruction* copies words of the evolving prompt.
 
+Our checks beyond the paper (on by default; ``EliminationConfig.preset("paper")`` runs the
+four alone), for failures small models make that the four rules let through:
+
+- :func:`truncated_evolution` - the evolution was cut at the token limit;
+- :func:`degenerate_repetition` - the instruction repeats itself;
+- :func:`not_an_instruction` - the child answers, solves or comments on its parent instead
+  of asking something (cheap phrase signals, then a constrained LLM verdict);
+- :func:`lost_the_task` - the child drops its parent's question or input (a constrained LLM
+  verdict; not asked of in-breadth children, which are new tasks by design).
+
+:func:`check_instruction` and :func:`check_response` run them in one order for every caller
+(Evol-Instruct and Auto Evol-Instruct alike).
+
 Small models wrap a good instruction in harmless formatting ("#Rewritten Prompt#:", quotes,
-a markdown fence); :func:`normalise_instruction` removes that first and lists what it removed,
-so rule 4 judges what remains.
+a markdown fence); :func:`normalise_instruction` removes that first and lists what it removed.
+Rule 4 judges what remains *and* any echoed scaffolding the cleaning cut away: cleaning may
+remove a wrapper, never hide an echo.
 
 >>> copies_evolving_prompt("Rewrite the given prompt in French.").fired
 True
@@ -22,11 +36,16 @@ True
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field, fields
 from functools import lru_cache
+from importlib import resources
 from typing import Any
 
+import jinja2
 from stop_words import get_stop_words
+
+from instructforge.llm.structured import read_choice
 
 NO_INFORMATION_GAIN = "no_information_gain"
 HARD_TO_RESPOND = "hard_to_respond"
@@ -34,6 +53,35 @@ ONLY_STOP_WORDS = "only_stop_words"
 COPIES_EVOLVING_PROMPT = "copies_evolving_prompt"
 EMPTY_INSTRUCTION = "empty_instruction"
 RULES = (NO_INFORMATION_GAIN, HARD_TO_RESPOND, ONLY_STOP_WORDS, COPIES_EVOLVING_PROMPT)
+# Ours, beyond the paper (docs/evol-instruct.md says why each exists).
+TRUNCATED_EVOLUTION = "truncated_evolution"
+DEGENERATE_REPETITION = "degenerate_repetition"
+NOT_AN_INSTRUCTION = "not_an_instruction"
+LOST_THE_TASK = "lost_the_task"
+EXTRA_RULES = (TRUNCATED_EVOLUTION, DEGENERATE_REPETITION, NOT_AN_INSTRUCTION, LOST_THE_TASK)
+ALL_RULES = (*RULES, *EXTRA_RULES)
+PRESETS = {"paper": RULES, "all": ALL_RULES}
+
+# The judges' fixed answers (sent as a choice constraint).
+EQUALITY_CHOICES = ("Equal", "Not Equal")
+INSTRUCTION_CHOICES = ("Instruction", "Answer")
+TASK_CHOICES = ("Yes", "No")
+
+# Cheap signals that a child answers or comments instead of asking: how its opening reads.
+# Each is matched at the start of the (cleaned) child, case-insensitively.
+ANSWER_OPENINGS: tuple[str, ...] = (
+    r"(?:the\s+)?(?:final\s+|correct\s+)?answer\s*(?:is\b|:)",
+    r"(?:the\s+)?solution\s*(?:is\b|:)",
+    r"(?:sure|certainly|of course|absolutely|okay|ok|great|yes|no)\s*[,!.:]",
+    r"(?:the|this)\s+(?:given\s+|rewritten\s+|original\s+|new\s+)?"
+    r"(?:prompt|instruction|question|task)\s+(?:is\s+(?:asking|about|a\b)|asks|requires|"
+    r"wants|has\s+been)",
+    r"(?:in\s+)?(?:this|the)\s+rewritten\s+(?:version|prompt|instruction)",
+    r"(?:to\s+(?:solve|answer|calculate|find|determine)\s+(?:this|the)\b[^.?!]*,)",
+    r"let'?s\s+(?:solve|break|think|calculate|start|begin|find)",
+    r"(?:step\s*1\s*[:.)-])",
+    r"i\s+(?:think|believe|have\s+rewritten|rewrote|would\s+rewrite)\b",
+)
 
 # Rule 4: words of the evolving prompts (templates under prompts/evol/). A regex each, so
 # "#The Given Prompt#", "given  prompt" and "Given_Prompt" all count.
@@ -91,19 +139,54 @@ class Verdict:
 
 @dataclass(frozen=True)
 class EliminationConfig:
-    """Which rules run, and their knobs. Every rule is on by default, as in the paper."""
+    """Which rules run, and their knobs. The paper's four rules and our four checks are all
+    on by default; :meth:`preset` builds ``paper`` (the four alone) or ``all``."""
 
     no_information_gain: bool = True
     hard_to_respond: bool = True
     only_stop_words: bool = True
     copies_evolving_prompt: bool = True
+    truncated_evolution: bool = True
+    degenerate_repetition: bool = True
+    not_an_instruction: bool = True
+    lost_the_task: bool = True
     short_response_words: int = SHORT_RESPONSE_WORDS
     refusal_phrases: tuple[str, ...] = REFUSAL_PHRASES
     evolving_prompt_patterns: tuple[str, ...] = EVOLVING_PROMPT_PATTERNS
+    answer_openings: tuple[str, ...] = ANSWER_OPENINGS
     stop_words_language: str = "english"
+    # Degenerate repetition: at least this share of the word 4-grams are repeats, in a text
+    # of at least ``repetition_min_words`` words (or one line said three times or more).
+    repetition_share: float = 0.4
+    repetition_min_words: int = 24
 
-    def enabled(self, rule: str) -> bool:
-        return bool(getattr(self, rule))
+    @classmethod
+    def preset(cls, rules: str = "all", disabled: Any = (), **knobs: Any) -> EliminationConfig:
+        """``rules`` is ``paper`` or ``all``; ``disabled`` switches single rules off.
+
+        >>> cfg = EliminationConfig.preset("paper")
+        >>> [r for r in ALL_RULES if getattr(cfg, r)] == list(RULES)
+        True
+        """
+        if rules not in PRESETS:
+            raise ValueError(f"unknown rule set {rules!r}; choose one of: {', '.join(PRESETS)}")
+        disabled = set(disabled or ())
+        unknown = disabled - set(ALL_RULES)
+        if unknown:
+            raise ValueError(f"unknown rule(s) {', '.join(sorted(unknown))}; "
+                             f"rules: {', '.join(ALL_RULES)}")
+        on = {r: r in PRESETS[rules] and r not in disabled for r in ALL_RULES}
+        return cls(**on, **knobs)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> EliminationConfig:
+        """Inverse of ``asdict`` (lists back to tuples), for configs read from JSON/YAML."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: tuple(v) if isinstance(v, list) else v
+                      for k, v in d.items() if k in names})
+
+    def active(self) -> list[str]:
+        return [r for r in ALL_RULES if getattr(self, r)]
 
 
 def _plain(text: str) -> str:
@@ -217,30 +300,42 @@ def normalise_instruction(text: str) -> tuple[str, list[dict[str, str]]]:
 
 
 def copies_evolving_prompt(
-    instruction: str, patterns: tuple[str, ...] = EVOLVING_PROMPT_PATTERNS
+    instruction: str,
+    patterns: tuple[str, ...] = EVOLVING_PROMPT_PATTERNS,
+    normalisations: list[dict[str, str]] | None = None,
 ) -> Finding:
-    """Rule 4, on the (normalised) child *instruction*: does it copy evolving-prompt words?
+    """Rule 4, on the child *instruction*: does it copy evolving-prompt words?
+
+    ``normalisations`` (from :func:`normalise_instruction`) are checked too: echoed
+    scaffolding that the cleaning cut away still counts, so a truncated loop of "#The Given
+    Prompt# ... #Rewritten Prompt#:" cannot pass as its harmless-looking tail. A wrapper
+    label (a leading "#Rewritten Prompt#:") is formatting, not an echo, and does not count.
 
     >>> copies_evolving_prompt("#Rewritten Prompt#: name three fruits").evidence["matches"]
     ['Rewritten Prompt']
     >>> copies_evolving_prompt("Name three rare fruits.").fired
     False
+    >>> text, norms = normalise_instruction("#The Given Prompt#: Hi\\n#Rewritten Prompt#: The")
+    >>> text, copies_evolving_prompt(text, normalisations=norms).fired
+    ('The', True)
     """
-    matches: list[str] = []
-    first_at = None
-    for pattern in patterns:
-        for m in re.finditer(pattern, instruction, re.IGNORECASE):
-            matches.append(m.group(0))
-            first_at = m.start() if first_at is None else min(first_at, m.start())
-    if not matches:
-        return Finding(COPIES_EVOLVING_PROMPT, False, "no evolving-prompt words")
-    lo = max(0, first_at - 40)
-    return Finding(
-        COPIES_EVOLVING_PROMPT,
-        True,
-        f"instruction contains evolving-prompt words: {', '.join(repr(m) for m in matches)}",
-        {"matches": matches, "context": instruction[lo : first_at + 60]},
-    )
+    echoes = [n["removed"] for n in normalisations or () if n["name"] == "echoed_scaffold"]
+    for where, text in [("instruction", instruction), *(("echo", e) for e in echoes)]:
+        matches = [m for p in patterns for m in re.finditer(p, text, re.IGNORECASE)]
+        if matches:
+            first_at = min(m.start() for m in matches)
+            lo = max(0, first_at - 40)
+            found = [m.group(0) for m in matches]
+            said = "instruction contains" if where == "instruction" else \
+                "the evolution echoed (cut away by cleaning)"
+            return Finding(
+                COPIES_EVOLVING_PROMPT,
+                True,
+                f"{said} evolving-prompt words: {', '.join(repr(m) for m in found)}",
+                {"matches": found, "where": where, "context": text[lo : first_at + 60]},
+            )
+    return Finding(COPIES_EVOLVING_PROMPT, False, "no evolving-prompt words",
+                   {"echo_checked": bool(echoes)})
 
 
 # --- rule 2: the response shows the LLM found it hard ------------------------------------
@@ -250,20 +345,29 @@ def hard_to_respond(
     response: str,
     max_words: int = SHORT_RESPONSE_WORDS,
     phrases: tuple[str, ...] = REFUSAL_PHRASES,
+    *,
+    truncated: bool = False,
 ) -> Finding:
     """Rule 2, on the *response*: it says "sorry" (or refuses) AND has < ``max_words`` words.
 
-    A long, helpful answer that happens to say "sorry" does not fire.
+    A long, helpful answer that happens to say "sorry" does not fire, and neither does one
+    cut at the token limit (it is longer than what was seen, so it is not short).
 
     >>> hard_to_respond("Sorry, I cannot help with that.").fired
     True
     >>> hard_to_respond("Sorry for the wait! " + "Here is the plan. " * 30).fired
     False
+    >>> hard_to_respond("Sorry, the first step is", truncated=True).fired
+    False
     """
     plain = _plain(response)
     n_words = len(words(response))
     found = [p for p in phrases if re.search(rf"(?<!\w){re.escape(p)}(?!\w)", plain)]
-    evidence: dict[str, Any] = {"phrases": found, "words": n_words, "threshold": max_words}
+    evidence: dict[str, Any] = {"phrases": found, "words": n_words, "threshold": max_words,
+                                "truncated": truncated}
+    if found and truncated:
+        return Finding(HARD_TO_RESPOND, False,
+                       f"says {found[0]!r} but the answer was cut at the token limit", evidence)
     if found and n_words < max_words:
         return Finding(
             HARD_TO_RESPOND,
@@ -386,7 +490,10 @@ def no_information_gain(parent: str, child: str, judge_text: str | None) -> Find
                 {"judge": None, "verdict": "equal", "same_text": True},
             )
         raise ValueError("judge_text is required unless parent and child are the same text")
-    verdict = parse_equality_verdict(judge_text)
+    exact = read_choice(judge_text, EQUALITY_CHOICES) if judge_text.strip().startswith(
+        ("{", '"')) or judge_text.strip() in EQUALITY_CHOICES else None
+    verdict = (Verdict("equal" if exact == "Equal" else "not_equal", exact) if exact
+               else parse_equality_verdict(judge_text))
     evidence = {
         "judge": judge_text[:300],
         "verdict": verdict.label,
@@ -398,3 +505,234 @@ def no_information_gain(parent: str, child: str, judge_text: str | None) -> Find
     if verdict.label is None:
         return Finding(NO_INFORMATION_GAIN, False, "judge verdict unreadable; kept", evidence)
     return Finding(NO_INFORMATION_GAIN, False, "judge says Not Equal", evidence)
+
+
+# --- ours: truncated evolution, degenerate repetition ------------------------------------
+
+
+def truncated_evolution(text: str, truncated: bool) -> Finding:
+    """The evolution stopped at the token limit, so the instruction may be unfinished.
+
+    >>> truncated_evolution("Write a poem about", True).fired
+    True
+    """
+    if truncated:
+        return Finding(TRUNCATED_EVOLUTION, True,
+                       "the evolution was cut at the token limit (finish_reason=length)",
+                       {"tail": text[-120:]})
+    return Finding(TRUNCATED_EVOLUTION, False, "the evolution ended on its own")
+
+
+def degenerate_repetition(text: str, share: float = 0.4, min_words: int = 24) -> Finding:
+    """The instruction repeats itself: at least ``share`` of its word 4-grams are repeats
+    (in a text of ``min_words`` words or more), or one line of 3+ words comes 3+ times.
+
+    >>> degenerate_repetition("Add 2 and 3. " * 12).fired
+    True
+    >>> degenerate_repetition("List three fruits that grow in cold climates and say why.").fired
+    False
+    """
+    ws = words(text)
+    grams = [tuple(ws[i : i + 4]) for i in range(len(ws) - 3)]
+    repeated = 1 - len(set(grams)) / len(grams) if grams else 0.0
+    lines = [ln.strip().lower() for ln in text.splitlines() if len(words(ln)) >= 3]
+    top_line, top_count = max(((ln, lines.count(ln)) for ln in set(lines)),
+                              key=lambda x: x[1], default=("", 0))
+    evidence = {"words": len(ws), "repeated_4gram_share": round(repeated, 3),
+                "threshold": share, "most_repeated_line": top_line[:120],
+                "line_count": top_count}
+    if len(ws) >= min_words and repeated >= share:
+        return Finding(DEGENERATE_REPETITION, True,
+                       f"{repeated:.0%} of the instruction's 4-word phrases are repeats", evidence)
+    if top_count >= 3:
+        return Finding(DEGENERATE_REPETITION, True,
+                       f"one line is repeated {top_count} times", evidence)
+    return Finding(DEGENERATE_REPETITION, False, "no degenerate repetition", evidence)
+
+
+# --- ours: not an instruction, lost the task (LLM-judged) ----------------------------------
+
+
+def answer_opening(text: str, openings: tuple[str, ...] = ANSWER_OPENINGS) -> str | None:
+    """The answer-like opening ``text`` starts with ("The answer is", "Sure,"...), or None.
+
+    >>> answer_opening("The answer is: the area is 48 cm^2.")
+    'The answer is'
+    >>> answer_opening("What is the area of a 12 cm by 8 cm rectangle?") is None
+    True
+    """
+    head = text.lstrip(" \t\n*_#>\"'`-")
+    for pattern in openings:
+        m = re.match(pattern, head, re.IGNORECASE)
+        if m:
+            return m.group(0).strip(" ,!.:")
+    return None
+
+
+def not_an_instruction(child: str, judge_text: str | None,
+                       openings: tuple[str, ...] = ANSWER_OPENINGS) -> Finding:
+    """The child answers, solves or comments on its parent instead of asking something.
+
+    Fires on an answer-like opening without asking the judge (``judge_text`` None), else on
+    the judge's "Answer" verdict. An unreadable verdict does not fire.
+
+    >>> not_an_instruction("The answer is 48.", None).fired
+    True
+    >>> not_an_instruction("Find the area of the rectangle.", "Instruction").fired
+    False
+    >>> not_an_instruction("A rectangle of 12 by 8 has area 96.", '{"answer": "Answer"}').fired
+    True
+    """
+    opening = answer_opening(child, openings)
+    if opening:
+        return Finding(NOT_AN_INSTRUCTION, True, f"the child opens like an answer ({opening!r})",
+                       {"signal": opening, "judge": None})
+    if judge_text is None:
+        return Finding(NOT_AN_INSTRUCTION, False, "no answer-like opening; judge not asked",
+                       {"signal": None, "judge": None})
+    label = read_choice(judge_text, INSTRUCTION_CHOICES)
+    evidence = {"signal": None, "judge": judge_text[:300], "verdict": label}
+    if label == "Answer":
+        return Finding(NOT_AN_INSTRUCTION, True,
+                       "judge says the child is an answer or comment, not an instruction",
+                       evidence)
+    if label is None:
+        return Finding(NOT_AN_INSTRUCTION, False, "judge verdict unreadable; kept", evidence)
+    return Finding(NOT_AN_INSTRUCTION, False, "judge says the child is an instruction", evidence)
+
+
+def lost_the_task(judge_text: str | None, operation: str | None = None) -> Finding:
+    """The child drops its parent's question or input (the judge answers "No" to "does it
+    still ask for the original task?"). In-breadth children are new tasks by design, so the
+    check is skipped for them (``judge_text`` None).
+
+    >>> lost_the_task("No").fired, lost_the_task("Yes").fired
+    (True, False)
+    """
+    if judge_text is None:
+        return Finding(LOST_THE_TASK, False, f"not checked for operation {operation!r}",
+                       {"judge": None, "operation": operation})
+    label = read_choice(judge_text, TASK_CHOICES)
+    evidence = {"judge": judge_text[:300], "verdict": label, "operation": operation}
+    if label == "No":
+        return Finding(LOST_THE_TASK, True, "judge says the child dropped the parent's task",
+                       evidence)
+    if label is None:
+        return Finding(LOST_THE_TASK, False, "judge verdict unreadable; kept", evidence)
+    return Finding(LOST_THE_TASK, False, "judge says the child keeps the parent's task",
+                   evidence)
+
+
+# --- one elimination for every caller ------------------------------------------------------
+
+# (template name, variables) -> the judge's answer text. The caller decides model, step name,
+# sampling and the choice constraint (the template's choices, passed along).
+Judge = Callable[[str, str, tuple[str, ...]], Awaitable[str]]
+# Operations whose child is a new task by design: lost_the_task is not asked of them.
+NEW_TASK_OPERATIONS = ("in_breadth",)
+
+
+@lru_cache(maxsize=1)
+def _judge_env() -> jinja2.Environment:
+    root = resources.files("instructforge") / "prompts" / "evol"
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(str(root)),
+                              undefined=jinja2.StrictUndefined, autoescape=False)
+
+
+def render_judge(template: str, parent: str, child: str) -> str:
+    """A judge prompt from ``prompts/evol/TEMPLATE`` (``first`` = parent, ``second`` = child)."""
+    return _judge_env().get_template(template).render(first=parent, second=child).strip()
+
+
+async def check_instruction(
+    parent: str,
+    child: str,
+    judge: Judge,
+    config: EliminationConfig,
+    *,
+    normalisations: list[dict[str, str]] | None = None,
+    truncated: bool = False,
+    operation: str | None = None,
+) -> list[Finding]:
+    """Every enabled instruction rule, cheapest first, until one fires (the last finding is
+    then the verdict). Evol-Instruct and Auto Evol-Instruct both eliminate through this.
+
+    ``judge(prompt, choices)`` asks the judge model with a choice constraint and returns its
+    answer text. Checking in this order only saves calls: a child is kept exactly when no
+    enabled rule fires, whatever the order.
+    """
+    findings: list[Finding] = []
+
+    def add(f: Finding) -> bool:
+        findings.append(f)
+        return f.fired
+
+    if not child.strip():
+        add(Finding(EMPTY_INSTRUCTION, True, "the evolved instruction is empty",
+                    {"parent": parent}))
+        return findings
+    if config.truncated_evolution and add(truncated_evolution(child, truncated)):
+        return findings
+    if config.copies_evolving_prompt and add(
+            copies_evolving_prompt(child, config.evolving_prompt_patterns, normalisations)):
+        return findings
+    if config.degenerate_repetition and add(degenerate_repetition(
+            child, config.repetition_share, config.repetition_min_words)):
+        return findings
+    if config.not_an_instruction and answer_opening(child, config.answer_openings):
+        add(not_an_instruction(child, None, config.answer_openings))
+        return findings
+    if config.no_information_gain:
+        if same_text(parent, child):
+            f = no_information_gain(parent, child, None)
+        else:
+            text = await judge(render_judge("equality_judge.jinja", parent, child),
+                               EQUALITY_CHOICES)
+            f = no_information_gain(parent, child, text)
+        if add(f):
+            return findings
+    if config.not_an_instruction:
+        text = await judge(render_judge("instruction_judge.jinja", parent, child),
+                           INSTRUCTION_CHOICES)
+        if add(not_an_instruction(child, text, config.answer_openings)):
+            return findings
+    if config.lost_the_task:
+        if operation in NEW_TASK_OPERATIONS:
+            add(lost_the_task(None, operation))
+        else:
+            text = await judge(render_judge("task_judge.jinja", parent, child), TASK_CHOICES)
+            if add(lost_the_task(text, operation)):
+                return findings
+    return findings
+
+
+def check_response(answer: str, config: EliminationConfig, *, truncated: bool = False
+                   ) -> list[Finding]:
+    """The paper's two response rules (2 and 3), as enabled.
+
+    >>> [f.fired for f in check_response("Sorry, I can't write that poem.", EliminationConfig())]
+    [True, False]
+    """
+    out: list[Finding] = []
+    if config.hard_to_respond:
+        out.append(hard_to_respond(answer, config.short_response_words, config.refusal_phrases,
+                                   truncated=truncated))
+    if config.only_stop_words:
+        out.append(only_stop_words(answer, config.stop_words_language))
+    return out
+
+
+def first_fired(findings: list[Finding]) -> Finding | None:
+    """The verdict: the first finding that fired, or None (kept)."""
+    return next((f for f in findings if f.fired), None)
+
+
+def unreadable_verdicts(findings: list[dict[str, Any]]) -> int:
+    """How many judge verdicts in a record's findings (as dicts) could not be read."""
+    n = 0
+    for f in findings:
+        ev = f.get("evidence") or {}
+        if f["rule"] in (NO_INFORMATION_GAIN, NOT_AN_INSTRUCTION, LOST_THE_TASK) \
+                and ev.get("judge") is not None and ev.get("verdict") is None:
+            n += 1
+    return n

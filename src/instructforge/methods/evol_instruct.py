@@ -5,7 +5,7 @@ Each seed starts a chain. One round of a chain reads like the paper's epoch::
     op = pick_operation(rng, operations, weights)      # five in-depth ops + in-breadth
     child = evolve(op, parent)                          # the evol LLM rewrites the parent
     answer = respond(child)                             # the response LLM answers it
-    failed = eliminate(parent, child, answer)           # the four rules
+    failed = eliminate(parent, child, answer)           # the four rules (+ our checks)
     parent = parent if failed else child                # a failed child leaves its parent
 
 Chains are independent, so each is one ``process()`` call of the engine and no chain waits
@@ -183,12 +183,6 @@ def parse_weights(spec: str | None) -> dict[str, float]:
     return out
 
 
-def render_equality_judge(parent: str, child: str) -> str:
-    """The rule-1 judge prompt (``prompts/evol/equality_judge.jinja``)."""
-    env = _environment(None)
-    return env.get_template("equality_judge.jinja").render(first=parent, second=child).strip()
-
-
 # --- configuration -----------------------------------------------------------------------
 
 
@@ -356,8 +350,12 @@ class EvolChain:
             },
         )
 
-        findings: list[el.Finding] = []
-        failure = await self._eliminate_instruction(parent.text, text, usage, findings, ctx)
+        truncated = evo.finish_reason == "length"
+        findings = await el.check_instruction(
+            parent.text, text, self._judge(ctx, usage), cfg.elimination,
+            normalisations=normalisations, truncated=truncated, operation=op,
+        )
+        failure = el.first_fired(findings)
         if failure is None:
             # Response generation, then the two response rules.
             reply = await ctx.chat(
@@ -372,13 +370,9 @@ class EvolChain:
             # Answers cut at the token limit stay, marked, so users can drop or re-ask them.
             record["metadata"]["finish_reason"] = reply.finish_reason
             record["metadata"]["truncated"] = reply.finish_reason == "length"
-            rules = cfg.elimination
-            if rules.hard_to_respond:
-                findings.append(el.hard_to_respond(answer, rules.short_response_words,
-                                                   rules.refusal_phrases))
-            if rules.only_stop_words:
-                findings.append(el.only_stop_words(answer, rules.stop_words_language))
-            failure = next((f for f in findings if f.fired), None)
+            findings += el.check_response(answer, cfg.elimination,
+                                          truncated=reply.finish_reason == "length")
+            failure = el.first_fired(findings)
 
         record["lineage"]["elimination"] = {
             "kept": failure is None,
@@ -390,42 +384,25 @@ class EvolChain:
                             evidence=failure.evidence), False
         return record, True
 
-    async def _eliminate_instruction(
-        self, parent: str, child: str, usage: dict[str, Any], findings: list[el.Finding],
-        ctx: Context,
-    ) -> el.Finding | None:
-        """The instruction rules, cheapest first; the first that fires is the verdict.
+    def _judge(self, ctx: Context, usage: dict[str, Any]) -> el.Judge:
+        """The judge as :func:`eliminate.check_instruction` asks it: greedy, constrained to
+        the question's choices; its calls' tokens add up in the child's ``usage["judge"]``."""
 
-        Checking these before the response only saves calls: a child is kept exactly when
-        no enabled rule fires, whatever the order.
-        """
-        rules = self.cfg.elimination
-        if not child:
-            f = el.Finding(el.EMPTY_INSTRUCTION, True, "the evolved instruction is empty",
-                           {"parent": parent})
-            findings.append(f)
-            return f
-        if rules.copies_evolving_prompt:
-            f = el.copies_evolving_prompt(child, rules.evolving_prompt_patterns)
-            findings.append(f)
-            if f.fired:
-                return f
-        if rules.no_information_gain:
-            if el.same_text(parent, child):
-                f = el.no_information_gain(parent, child, None)
-            else:
-                judge = await ctx.chat(
-                    self.models.judge,
-                    [{"role": "user", "content": render_equality_judge(parent, child)}],
-                    self.cfg.judge_params().replace(seed=self.cfg.seed),
-                    step="judge",
-                )
-                usage["judge"] = _usage(judge)
-                f = el.no_information_gain(parent, child, judge.text)
-            findings.append(f)
-            if f.fired:
-                return f
-        return None
+        async def ask(prompt: str, choices: tuple[str, ...]) -> str:
+            out = await ctx.chat(
+                self.models.judge,
+                [{"role": "user", "content": prompt}],
+                self.cfg.judge_params().replace(seed=self.cfg.seed, choices=choices),
+                step="judge",
+            )
+            u = usage.setdefault("judge", {**_usage(out), "prompt_tokens": 0,
+                                           "completion_tokens": 0, "calls": 0})
+            u["prompt_tokens"] += out.prompt_tokens
+            u["completion_tokens"] += out.completion_tokens
+            u["calls"] += 1
+            return out.text
+
+        return ask
 
 
 def evolve(
@@ -532,10 +509,8 @@ def summarise(run_dir: str | Path) -> dict[str, Any]:
         meta = rec.get("metadata") or {}
         c["truncated_responses"] += bool(meta.get("truncated"))
         c["truncated_evolutions"] += bool(meta.get("evolution_truncated"))
-        for f in (lin.get("elimination") or {}).get("findings", []):
-            if f["rule"] == el.NO_INFORMATION_GAIN and f["evidence"].get("verdict") is None \
-                    and f["evidence"].get("judge") is not None:
-                c["judge_unreadable"] += 1
+        c["judge_unreadable"] += el.unreadable_verdicts(
+            (lin.get("elimination") or {}).get("findings", []))
         for step in _TOKEN_STEPS:
             u = (meta.get("usage") or {}).get(step) or {}
             c["prompt_tokens"] += int(u.get("prompt_tokens") or 0)
