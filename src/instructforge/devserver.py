@@ -2,13 +2,17 @@
 for trying a pipeline's plumbing without a model.
 
 It is a real HTTP/1.1 server on 127.0.0.1 (keep-alive, asyncio streams). It can inject faults
-in order (``"429"``, ``"500"``, ``"timeout"``, ``"drop"``, ``"401"``) and it logs every prompt it
-answers, so tests can see which calls reached it::
+in order (``"429"``, ``"500"``, ``"timeout"``, ``"drop"``, ``"401"``, ``"400"``) and it logs
+every prompt it answers (and every request body), so tests can see which calls reached it::
 
     with DevServer(faults=["429", "drop"]) as srv:
         llm = OpenAICompatible(srv.url, "dev")
         ...
         assert srv.served == 1
+
+``flavour="llamacpp"`` / ``"vllm"`` answers ``GET /props`` / ``GET /version`` as those servers
+do (constrained decoding is chosen by them), and ``reject_constraints=True`` answers HTTP 400
+to any request carrying a constraint field, like a server without structured output.
 
 ``python -m instructforge.devserver --port 8999`` runs it standalone.
 """
@@ -22,6 +26,10 @@ import threading
 import time
 from collections import deque
 from typing import Any
+
+# Request fields that ask for constrained decoding (llama.cpp, vLLM old and new, OpenAI).
+CONSTRAINT_FIELDS = ("grammar", "json_schema", "response_format", "structured_outputs",
+                     "guided_choice", "guided_json", "guided_regex", "guided_grammar")
 
 
 class DevServer:
@@ -38,6 +46,9 @@ class DevServer:
         completions: bool = True,
         port: int = 0,
         log_prompts: bool = True,
+        flavour: str = "openai",
+        version: str = "0.11.0",
+        reject_constraints: bool = False,
     ) -> None:
         self.answer = answer
         self.model = model
@@ -47,7 +58,12 @@ class DevServer:
         self.completions = completions
         self.port = port
         self.log_prompts = log_prompts
+        self.flavour = flavour
+        self.version = version  # what a "vllm" flavour reports on GET /version
+        self.reject_constraints = reject_constraints
         self.prompts: list[Any] = []
+        self.bodies: list[dict[str, Any]] = []  # every POST body, as sent (with log_prompts)
+        self.rejected = 0  # requests refused for their constraint
         self.served = 0
         self.requests = 0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -80,7 +96,7 @@ class DevServer:
                     await asyncio.sleep(self.timeout_sleep)
                     writer.transport.abort()
                     return
-                if fault in ("429", "500", "401", "503"):
+                if fault in ("400", "429", "500", "401", "503"):
                     self._send(writer, int(fault), {"error": {"message": f"injected {fault}"}})
                     await writer.drain()
                     continue
@@ -97,11 +113,22 @@ class DevServer:
     def _route(self, method: str, path: str, body: bytes) -> tuple[int, dict[str, Any]]:
         if method == "GET" and path.rstrip("/") == "/v1/models":
             return 200, {"object": "list", "data": [{"id": self.model, "object": "model"}]}
+        if method == "GET" and path == "/props" and self.flavour == "llamacpp":
+            return 200, {"chat_template": "{{ messages }}", "default_generation_settings": {}}
+        if method == "GET" and path == "/version" and self.flavour == "vllm":
+            return 200, {"version": self.version}
         if method != "POST":
             return 404, {"error": {"message": f"no route {method} {path}"}}
         req = json.loads(body or b"{}")
+        if self.log_prompts:
+            self.bodies.append(req)
         if req.get("model") not in (None, self.model):
             return 404, {"error": {"message": f"model {req.get('model')!r} not found"}}
+        constraint = [f for f in CONSTRAINT_FIELDS if f in req]
+        if constraint and self.reject_constraints:
+            self.rejected += 1
+            return 400, {"error": {"message": f"unsupported parameter: {constraint[0]}",
+                                   "type": "invalid_request_error"}}
         usage = {"prompt_tokens": 10, "completion_tokens": 10, "total_tokens": 20}
         if path == "/v1/chat/completions":
             if self.log_prompts:

@@ -29,6 +29,9 @@ class StepUsage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     truncated: int = 0  # finish_reason == "length"
+    # Constrained calls (choices / json_schema) the server answered without the constraint:
+    # it refused it (fallback) or the backend was told not to send it (off).
+    unconstrained: int = 0
     seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
@@ -109,6 +112,7 @@ class Context:
         u.prompt_tokens += out.prompt_tokens
         u.completion_tokens += out.completion_tokens
         u.truncated += out.finish_reason == "length"
+        u.unconstrained += out.extra.get("constraint") in ("fallback", "off")
         for c in (self.cache, self.shared):
             if c is not None:
                 c.put(key, llm.model_id, kind, out)

@@ -83,7 +83,12 @@ class SamplingParams:
 
 @dataclass
 class Completion:
-    """What a call returns: the text, why it stopped, and token usage."""
+    """What a call returns: the text, why it stopped, and token usage.
+
+    ``extra["constraint"]``, on constrained calls only: ``"native"`` (the server enforced it),
+    ``"fallback"`` (the server refused it, so the call went without) or ``"off"`` (the backend
+    was told not to send constraints). It is kept in the cache, so a replay says the same.
+    """
 
     text: str
     finish_reason: str  # "stop", "length", ...
@@ -94,13 +99,16 @@ class Completion:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d: dict[str, Any] = {
             "text": self.text,
             "finish_reason": self.finish_reason,
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "model": self.model,
         }
+        if self.extra.get("constraint"):  # only on constrained calls: old rows stay as they were
+            d["constraint"] = self.extra["constraint"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], *, cached: bool = False) -> Completion:
@@ -111,6 +119,7 @@ class Completion:
             completion_tokens=int(d.get("completion_tokens") or 0),
             model=d.get("model") or "",
             cached=cached,
+            extra={"constraint": d["constraint"]} if d.get("constraint") else {},
         )
 
 

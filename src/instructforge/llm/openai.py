@@ -5,11 +5,20 @@ dropped connections, a per-request timeout, and errors that say what to do::
 
     llm = OpenAICompatible("http://127.0.0.1:8080/v1", model="my-model", max_concurrency=16)
     out = await llm.complete("<|im_start|>user\\n", SamplingParams(stop=("<|im_end|>",)))
+
+Constrained requests (``SamplingParams(choices=...)`` / ``json_schema=...``) use the server's
+own constrained decoding, found out once per backend (``structured="auto"``): llama.cpp gets a
+GBNF ``grammar`` / its ``json_schema`` field, vLLM ``structured_outputs`` (``guided_*`` before
+0.11), anything else OpenAI's ``response_format`` json_schema. A server that refuses the
+constraint (HTTP 400/422) is asked again without it, once; later calls to that endpoint go
+unconstrained at once, one warning is logged, and ``Completion.extra["constraint"]`` says
+``"native"`` or ``"fallback"``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import random
 from typing import Any
@@ -24,8 +33,73 @@ from instructforge.llm.base import (
     RawCompletionUnsupported,
     SamplingParams,
 )
+from instructforge.llm.structured import choice_grammar, choice_schema
 
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+# A constrained request answered with one of these is asked again without the constraint.
+REFUSED_STATUS = {400, 422}
+STRUCTURED = ("auto", "llamacpp", "vllm", "openai", "off")
+# vLLM took ``structured_outputs`` in 0.11 and dropped ``guided_*`` in 0.12 (ignoring them
+# silently from then on), so the version picks the field.
+VLLM_STRUCTURED_OUTPUTS = (0, 11)
+
+log = logging.getLogger("instructforge")
+
+
+class _Refused(LLMError):
+    """A constrained request got HTTP 400/422 (maybe for the constraint: try without)."""
+
+    def __init__(self, status: int, text: str) -> None:
+        super().__init__(f"HTTP {status}: {text[:300]}")
+        self.status = status
+        self.text = text
+
+
+def _version(text: str) -> tuple[int, ...]:
+    """``"0.10.1.post1"`` -> ``(0, 10, 1)``; ``()`` when there is no number at the start."""
+    parts = []
+    for piece in text.strip().lstrip("v").split("."):
+        digits = ""
+        for ch in piece:
+            if not ch.isdigit():
+                break
+            digits += ch
+        if not digits:
+            break
+        parts.append(int(digits))
+        if len(digits) < len(piece):
+            break
+    return tuple(parts)
+
+
+def constraint_fields(
+    flavour: str, params: SamplingParams, version: str | None = None
+) -> dict[str, Any]:
+    """The request body fields that make ``flavour``'s server honour ``params``' constraint
+    (``{}`` when there is none). ``choices`` win when both are set.
+
+    >>> constraint_fields("llamacpp", SamplingParams(choices=("Yes", "No")))
+    {'grammar': 'root ::= "Yes" | "No"'}
+    >>> constraint_fields("vllm", SamplingParams(choices=("Yes", "No")), "0.10.1")
+    {'guided_choice': ['Yes', 'No']}
+    """
+    if not params.constrained or flavour == "off":
+        return {}
+    choices, schema = params.choices, params.schema()
+    if flavour == "llamacpp":  # honoured on /v1/chat/completions and /v1/completions alike
+        return {"grammar": choice_grammar(choices)} if choices else {"json_schema": schema}
+    if flavour == "vllm":
+        v = _version(version) if version else ()
+        if v and v < VLLM_STRUCTURED_OUTPUTS:
+            return {"guided_choice": list(choices)} if choices else {"guided_json": schema}
+        so = {"choice": list(choices)} if choices else {"json": schema}
+        return {"structured_outputs": so}
+    if flavour != "openai":
+        raise ValueError(f"unknown server flavour {flavour!r}; one of {', '.join(STRUCTURED)}")
+    # OpenAI's strict json_schema: a choice travels as {"answer": CHOICE}.
+    name = "choice" if choices else "output"
+    spec = {"name": name, "schema": choice_schema(choices) if choices else schema, "strict": True}
+    return {"response_format": {"type": "json_schema", "json_schema": spec}}
 
 
 class OpenAICompatible(LLM):
@@ -33,6 +107,9 @@ class OpenAICompatible(LLM):
 
     ``model`` may be None: the server's only model is then used (see :meth:`resolve_model`).
     The API key is held in memory only and never reported by :meth:`describe`.
+    ``structured`` picks how constraints are sent: ``"auto"`` (find out from the server),
+    ``"llamacpp"``, ``"vllm"``, ``"openai"`` (``response_format``), or ``"off"`` (never sent;
+    the answer is read from free text).
     """
 
     def __init__(
@@ -47,7 +124,10 @@ class OpenAICompatible(LLM):
         backoff_base: float = 0.5,
         backoff_max: float = 30.0,
         model_id: str | None = None,
+        structured: str = "auto",
     ) -> None:
+        if structured not in STRUCTURED:
+            raise LLMError(f"structured={structured!r}: use one of {', '.join(STRUCTURED)}")
         self.base_url = base_url.rstrip("/")
         self.model = model
         self._api_key = api_key
@@ -61,6 +141,12 @@ class OpenAICompatible(LLM):
         self._client: aiohttp.ClientSession | None = None
         self._sem: asyncio.Semaphore | None = None
         self._resolve_lock: asyncio.Lock | None = None
+        self.structured = structured
+        self._flavour: str | None = None if structured == "auto" else structured
+        self._server_version: str | None = None
+        self._flavour_lock: asyncio.Lock | None = None
+        # Endpoints ("/chat/completions", "/completions") that refused a constraint.
+        self._unconstrained: set[str] = set()
 
     # -- plumbing ---------------------------------------------------------------------------
     def _ensure_client(self) -> tuple[aiohttp.ClientSession, asyncio.Semaphore]:
@@ -75,6 +161,7 @@ class OpenAICompatible(LLM):
             )
             self._sem = asyncio.Semaphore(self.max_concurrency)
             self._resolve_lock = asyncio.Lock()
+            self._flavour_lock = asyncio.Lock()
             self._loop = loop
         assert self._sem is not None
         return self._client, self._sem
@@ -88,7 +175,10 @@ class OpenAICompatible(LLM):
         # Full jitter: spreads retries of many concurrent requests apart.
         return random.uniform(0, min(self.backoff_max, self.backoff_base * 2**attempt))
 
-    async def _request(self, method: str, path: str, payload: dict[str, Any] | None = None) -> Any:
+    async def _request(
+        self, method: str, path: str, payload: dict[str, Any] | None = None, *,
+        refusable: bool = False,
+    ) -> Any:
         client, sem = self._ensure_client()
         url = f"{self.base_url}{path}"
         last = ""
@@ -105,6 +195,8 @@ class OpenAICompatible(LLM):
                         elif r.status in RETRY_STATUS:
                             last = f"HTTP {r.status} from {url}: {(await r.text())[:200]}"
                             retry_after = r.headers.get("retry-after")
+                        elif refusable and r.status in REFUSED_STATUS:
+                            raise _Refused(r.status, await r.text())
                         else:
                             raise self._client_error(r.status, await r.text(), path)
                 except aiohttp.ClientConnectorError as e:
@@ -186,21 +278,101 @@ class OpenAICompatible(LLM):
             await self.resolve_model()
         payload = self._payload(params)
         payload["messages"] = messages
-        data = await self._request("POST", "/chat/completions", payload)
+        data, constraint = await self._post("/chat/completions", payload, params)
         choice = (data.get("choices") or [{}])[0]
         text = (choice.get("message") or {}).get("content") or ""
-        return self._completion(data, choice, text)
+        return self._completion(data, choice, text, constraint)
 
     async def complete(self, text: str, params: SamplingParams) -> Completion:
         if self.model is None:
             await self.resolve_model()
         payload = self._payload(params)
         payload["prompt"] = text
-        data = await self._request("POST", "/completions", payload)
+        data, constraint = await self._post("/completions", payload, params)
         choice = (data.get("choices") or [{}])[0]
-        return self._completion(data, choice, choice.get("text") or "")
+        return self._completion(data, choice, choice.get("text") or "", constraint)
 
-    def _completion(self, data: dict[str, Any], choice: dict[str, Any], text: str) -> Completion:
+    async def _post(
+        self, path: str, payload: dict[str, Any], params: SamplingParams
+    ) -> tuple[Any, str | None]:
+        """POST ``payload`` with ``params``' constraint, if any; say how it was honoured:
+        None (unconstrained call), "native", "fallback" (refused, so sent without) or "off"."""
+        if not params.constrained:
+            return await self._request("POST", path, payload), None
+        if self.structured == "off":
+            return await self._request("POST", path, payload), "off"
+        if path in self._unconstrained:
+            return await self._request("POST", path, payload), "fallback"
+        flavour = await self.server_flavour()
+        fields = constraint_fields(flavour, params, self._server_version)
+        try:
+            return await self._request("POST", path, {**payload, **fields}, refusable=True), "native"
+        except _Refused as refused:
+            # Without the constraint: if this fails too, the constraint was not the problem
+            # and the error (a clear one) goes to the caller.
+            data = await self._request("POST", path, payload)
+            if path not in self._unconstrained:
+                self._unconstrained.add(path)
+                log.warning(
+                    "%s%s refused constrained decoding (%s, sent as %s: HTTP %d: %s); "
+                    "constrained requests there go without the constraint from now on, and "
+                    "their answers are read from free text",
+                    self.base_url, path, "choices" if params.choices else "json_schema",
+                    ", ".join(fields), refused.status, refused.text[:200].strip(),
+                )
+            return data, "fallback"
+
+    async def server_flavour(self) -> str:
+        """How this server takes constraints: "llamacpp", "vllm" or "openai" (or "off").
+
+        Found out once, on the first constrained request: llama.cpp answers ``GET /props``
+        with its settings, vLLM answers ``GET /version``; anything else is taken to speak
+        OpenAI's ``response_format``. A probe that gets no answer at all (a timeout, no
+        connection) is tried again on the next constrained request."""
+        if self._flavour is not None:
+            return self._flavour
+        self._ensure_client()
+        assert self._flavour_lock is not None
+        async with self._flavour_lock:
+            if self._flavour is not None:
+                return self._flavour
+            answered, props = await self._probe("/props")
+            if "default_generation_settings" in props or "chat_template" in props:
+                self._flavour = "llamacpp"
+                return self._flavour
+            answered_v, data = await self._probe("/version")
+            version = data.get("version")
+            if isinstance(version, str) and _version(version):
+                self._flavour, self._server_version = "vllm", version
+                return self._flavour
+            if answered and answered_v:
+                self._flavour = "openai"
+            return "openai"
+
+    def _root(self) -> str:
+        return self.base_url[: -len("/v1")] if self.base_url.endswith("/v1") else self.base_url
+
+    async def _probe(self, path: str) -> tuple[bool, dict[str, Any]]:
+        """``GET {root}{path}``: whether the server answered at all, and the JSON object it
+        answered (``{}`` for an error status or anything else)."""
+        client, _ = self._ensure_client()
+        try:
+            async with client.get(f"{self._root()}{path}",
+                                  timeout=aiohttp.ClientTimeout(total=min(self.timeout, 60.0))
+                                  ) as r:
+                if r.status != 200:
+                    return True, {}
+                try:
+                    data = await r.json(content_type=None)
+                except ValueError:
+                    return True, {}
+        except (TimeoutError, aiohttp.ClientError):
+            return False, {}
+        return True, data if isinstance(data, dict) else {}
+
+    def _completion(
+        self, data: dict[str, Any], choice: dict[str, Any], text: str, constraint: str | None
+    ) -> Completion:
         usage = data.get("usage") or {}
         return Completion(
             text=text,
@@ -208,14 +380,14 @@ class OpenAICompatible(LLM):
             prompt_tokens=int(usage.get("prompt_tokens") or 0),
             completion_tokens=int(usage.get("completion_tokens") or 0),
             model=self.model or "",
+            extra={"constraint": constraint} if constraint else {},
         )
 
     async def chat_template(self) -> str | None:
         """llama.cpp's ``/props`` exposes the model's Jinja chat template; others return None."""
-        root = self.base_url[: -len("/v1")] if self.base_url.endswith("/v1") else self.base_url
         client, _ = self._ensure_client()
         try:
-            async with client.get(f"{root}/props") as r:
+            async with client.get(f"{self._root()}/props") as r:
                 if r.status != 200:
                     return None
                 return (await r.json(content_type=None)).get("chat_template")
@@ -228,7 +400,10 @@ class OpenAICompatible(LLM):
         self._client = None
 
     def describe(self) -> dict[str, Any]:
-        return {"backend": "openai", "base_url": self.base_url, "model": self.model}
+        d = {"backend": "openai", "base_url": self.base_url, "model": self.model}
+        if self.structured != "auto":
+            d["structured"] = self.structured
+        return d
 
 
 def from_env(model: str | None = None, **kw: Any) -> OpenAICompatible:

@@ -34,6 +34,36 @@ def choice_schema(choices: Sequence[str]) -> dict[str, Any]:
     }
 
 
+_GBNF_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def gbnf_literal(text: str) -> str:
+    r"""``text`` as a quoted GBNF (llama.cpp grammar) string literal: ``\``, ``"`` and control
+    characters escaped, everything else literal (UTF-8).
+
+    >>> print(gbnf_literal('say "hi"\n'))
+    "say \"hi\"\n"
+    """
+    out = []
+    for ch in text:
+        if ch in _GBNF_ESCAPES:
+            out.append(_GBNF_ESCAPES[ch])
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\x{ord(ch):02X}")
+        else:  # everything else is taken literally (UTF-8)
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+def choice_grammar(choices: Sequence[str]) -> str:
+    """A GBNF grammar whose only sentences are ``choices``.
+
+    >>> choice_grammar(["Equal", "Not Equal"])
+    'root ::= "Equal" | "Not Equal"'
+    """
+    return "root ::= " + " | ".join(gbnf_literal(c) for c in choices)
+
+
 def _norm(text: str) -> str:
     return re.sub(r"[\W_]+", " ", text.replace("\u2019", "'")).strip().lower()
 

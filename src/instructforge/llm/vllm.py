@@ -12,6 +12,12 @@ vLLM is imported only when the first request arrives, so this module loads witho
 
 As a spec string: ``vllm:/models/Llama-3-8B-Instruct?tensor_parallel_size=2``.
 
+Constrained calls (``SamplingParams(choices=...)`` / ``json_schema=...``) use vLLM's own
+structured outputs (``StructuredOutputsParams``; ``GuidedDecodingParams`` in older vLLM).
+Where vLLM has neither, or refuses the constraint (a ValueError), the call is made again
+without it, once, and later ones go without it at once (one warning); ``Completion.extra
+["constraint"]`` says ``"native"`` or ``"fallback"``.
+
 The engine runs on its own event loop in a background thread: callers on any loop (a
 ``prepare`` step under one ``asyncio.run``, the job under another) share one loaded model, and
 vLLM's output processing never stalls the caller's loop.
@@ -22,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import inspect
+import logging
 import threading
 import uuid
 from typing import Any
@@ -41,6 +48,39 @@ SPEC_OPTIONS: dict[str, type] = {
     "trust_remote_code": bool,
     "max_concurrency": int,
 }
+
+log = logging.getLogger("instructforge")
+
+
+class _Refused(LLMError):
+    """vLLM refused a constrained request (or cannot constrain at all)."""
+
+
+def structured_kwargs(params: SamplingParams) -> dict[str, Any] | None:
+    """Keyword arguments for vLLM's ``SamplingParams`` that carry ``params``' constraint:
+    ``{}`` when there is none, None when this vLLM has no structured outputs.
+
+    ``structured_outputs=StructuredOutputsParams(...)`` where it exists (current vLLM), else
+    ``guided_decoding=GuidedDecodingParams(...)`` (older vLLM; removed in 0.12). ``choices``
+    win when both are set. Imports vLLM: call it only where vLLM is loaded.
+    """
+    if not params.constrained:
+        return {}
+    spec: dict[str, Any] = (
+        {"choice": list(params.choices)} if params.choices else {"json": params.schema()}
+    )
+    try:
+        from vllm.sampling_params import StructuredOutputsParams
+    except ImportError:
+        pass
+    else:
+        return {"structured_outputs": StructuredOutputsParams(**spec)}
+    try:
+        from vllm.sampling_params import GuidedDecodingParams
+    except ImportError:
+        return None
+    return {"guided_decoding": GuidedDecodingParams(**spec)}
+
 
 INSTALL_HINT = (
     "the vllm backend needs vLLM and a CUDA GPU: pip install 'instructforge[vllm]' on a GPU "
@@ -75,6 +115,7 @@ class VLLM(LLM):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._tokenizer: Any = None
+        self._unconstrained = False  # vLLM refused a constraint once: send none from then on
 
     @classmethod
     def from_spec(cls, spec: str, **kw: Any) -> VLLM:
@@ -132,7 +173,7 @@ class VLLM(LLM):
         self._tokenizer = await tok if inspect.isawaitable(tok) else tok
         return engine
 
-    def _sampling(self, params: SamplingParams) -> Any:
+    def _sampling(self, params: SamplingParams, *, constrain: bool = False) -> Any:
         from vllm import SamplingParams as VllmParams
 
         kw: dict[str, Any] = {}
@@ -142,6 +183,12 @@ class VLLM(LLM):
             kw["output_kind"] = RequestOutputKind.FINAL_ONLY
         except ImportError:
             pass
+        if constrain:
+            structured = structured_kwargs(params)
+            if structured is None:
+                raise _Refused("this vLLM has no structured outputs (StructuredOutputsParams "
+                               "or GuidedDecodingParams)")
+            kw.update(structured)
         return VllmParams(
             temperature=params.temperature,
             top_p=params.top_p,
@@ -153,9 +200,45 @@ class VLLM(LLM):
 
     async def _generate(self, prompt: Any, params: SamplingParams) -> Completion:
         engine = await self._engine()
+        if not params.constrained:
+            return await self._submit(engine, prompt, lambda: self._sampling(params))
+        if self._unconstrained:
+            out = await self._submit(engine, prompt, lambda: self._sampling(params))
+            out.extra["constraint"] = "fallback"
+            return out
+        try:
+            out = await self._submit(
+                engine, prompt, lambda: self._sampling(params, constrain=True), constrained=True)
+        except _Refused as refused:
+            # Without the constraint: if this fails too (a prompt too long, say), the
+            # constraint was not the problem, and that error goes to the caller.
+            out = await self._submit(engine, prompt, lambda: self._sampling(params))
+            out.extra["constraint"] = "fallback"
+            if not self._unconstrained:
+                self._unconstrained = True
+                log.warning("vllm refused constrained decoding for %s (%s); constrained "
+                            "requests go without the constraint from now on, and their "
+                            "answers are read from free text", self.model, refused)
+            return out
+        out.extra["constraint"] = "native"
+        return out
+
+    async def _submit(
+        self, engine: Any, prompt: Any, sampling: Any, *, constrained: bool = False
+    ) -> Completion:
+        """Run one request on the engine's loop; ``sampling`` builds vLLM's params (which
+        validates them). With ``constrained``, a ValueError (vLLM refusing the constraint or
+        its schema) is raised as :class:`_Refused`."""
         assert self._loop is not None
-        fut = asyncio.run_coroutine_threadsafe(
-            self._run(engine, prompt, self._sampling(params)), self._loop)
+        try:
+            built = sampling()
+        except _Refused:
+            raise
+        except Exception as e:
+            if constrained and isinstance(e, ValueError | TypeError):
+                raise _Refused(f"{type(e).__name__}: {e}") from e
+            raise LLMError(f"vllm request failed: {type(e).__name__}: {e}") from e
+        fut = asyncio.run_coroutine_threadsafe(self._run(engine, prompt, built), self._loop)
         try:
             return await asyncio.wrap_future(fut)
         except LLMError:
@@ -164,6 +247,8 @@ class VLLM(LLM):
             fut.cancel()  # cancels the request in the engine too (vLLM aborts it)
             raise
         except Exception as e:
+            if constrained and isinstance(e, ValueError):
+                raise _Refused(f"{type(e).__name__}: {e}") from e
             raise LLMError(f"vllm request failed: {type(e).__name__}: {e}") from e
 
     async def _run(self, engine: Any, prompt: Any, sampling: Any) -> Completion:
