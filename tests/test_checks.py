@@ -45,10 +45,18 @@ def test_rule4_fires_on_an_echo_that_cleaning_cut_away(raw):
     "**Rewritten prompt:**\nList three rare fruits and where they grow.",
     '"List three rare fruits and where they grow."',
 ])
-def test_rule4_a_wrapper_label_is_formatting_not_an_echo(raw):
+def test_rule4_an_output_label_is_formatting_not_an_echo(raw):
     child, norms = normalise_instruction(raw)
     assert child == "List three rare fruits and where they grow."
     assert not copies_evolving_prompt(child, normalisations=norms).fired
+
+
+def test_rule4_an_input_label_where_the_rewrite_should_be_is_an_echo():
+    # Seen from the embedded model: the given-prompt label, then an answer to the parent.
+    child, norms = normalise_instruction("#The Given Prompt#:\nTo help you choose a movie, "
+                                         "I'd love to know more about your preferences.")
+    assert child.startswith("To help you") and norms[0]["name"] == "leading_label"
+    assert copies_evolving_prompt(child, normalisations=norms).fired
 
 
 # --- truncated evolution, degenerate repetition --------------------------------------------

@@ -299,6 +299,9 @@ def normalise_instruction(text: str) -> tuple[str, list[dict[str, str]]]:
 # --- rule 4: the instruction copies the evolving prompt ----------------------------------
 
 
+_GIVEN_LABEL = re.compile(r"given[\s_]*prompt", re.IGNORECASE)
+
+
 def copies_evolving_prompt(
     instruction: str,
     patterns: tuple[str, ...] = EVOLVING_PROMPT_PATTERNS,
@@ -309,7 +312,8 @@ def copies_evolving_prompt(
     ``normalisations`` (from :func:`normalise_instruction`) are checked too: echoed
     scaffolding that the cleaning cut away still counts, so a truncated loop of "#The Given
     Prompt# ... #Rewritten Prompt#:" cannot pass as its harmless-looking tail. A wrapper
-    label (a leading "#Rewritten Prompt#:") is formatting, not an echo, and does not count.
+    label naming the output (a leading "#Rewritten Prompt#:") is formatting, not an echo,
+    and does not count; one naming the input ("#The Given Prompt#:") does.
 
     >>> copies_evolving_prompt("#Rewritten Prompt#: name three fruits").evidence["matches"]
     ['Rewritten Prompt']
@@ -319,7 +323,10 @@ def copies_evolving_prompt(
     >>> text, copies_evolving_prompt(text, normalisations=norms).fired
     ('The', True)
     """
-    echoes = [n["removed"] for n in normalisations or () if n["name"] == "echoed_scaffold"]
+    # An echo: scaffolding before the output label, or a label naming the *input* ("#The
+    # Given Prompt#:") that the model wrote where its rewrite should be.
+    echoes = [n["removed"] for n in normalisations or ()
+              if n["name"] == "echoed_scaffold" or _GIVEN_LABEL.search(n["removed"])]
     for where, text in [("instruction", instruction), *(("echo", e) for e in echoes)]:
         matches = [m for p in patterns for m in re.finditer(p, text, re.IGNORECASE)]
         if matches:
