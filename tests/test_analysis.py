@@ -27,12 +27,22 @@ from instructforge.analysis.ratings import (
     DIFFICULTY_SCALE,
     QUALITY_SCALE,
     RATINGS,
+    TASK_CATEGORIES,
+    constrained_choice,
     parse_category,
+    parse_rating,
     parse_scale,
     rate,
     rating_result,
 )
-from instructforge.analysis.tags import complexity_diversity, normalize_tag, parse_tags
+from instructforge.analysis.tags import (
+    TAGS_SCHEMA,
+    complexity_diversity,
+    normalize_tag,
+    parse_tags,
+    tag,
+    tag_result,
+)
 from instructforge.cli import app
 from instructforge.engine import RunDir, write_parquet
 from instructforge.llm.base import LLM, Completion, SamplingParams
@@ -44,11 +54,17 @@ from instructforge.records import new_record
 class FakeJudge(LLM):
     """Answers the analysis prompts like a tidy judge: difficulty by instruction length,
     quality 'good' unless the query says 'vague', category 'Math' for numbers, tags from
-    the query's capitalised words.  Counts its calls."""
+    the query's capitalised words.  Counts its calls.
+
+    It tells the questions apart by their constraint, as a server would see them, and
+    answers in one ``form``: ``"bare"`` (a grammar-constrained server: the bare label, the
+    schema's JSON), ``"json"`` (OpenAI's response_format: ``{"answer": LABEL}``) or
+    ``"free"`` (a server that ignored the constraint: Magpie- and InsTag-style free text)."""
 
     model_id = "fake-judge"
 
-    def __init__(self) -> None:
+    def __init__(self, form: str = "bare") -> None:
+        self.form = form
         self.calls: list[tuple[list[dict[str, str]], SamplingParams]] = []
 
     @staticmethod
@@ -56,22 +72,30 @@ class FakeJudge(LLM):
         m = re.search(r"## User Query\n```\n(.*?)\n```", prompt, re.S)
         return m.group(1) if m else prompt.split("Query: ", 1)[-1].rsplit("\nAssistant:", 1)[0]
 
+    def _answer(self, q: str, params: SamplingParams) -> str:
+        if params.choices == QUALITY_SCALE:
+            key, label = "input_quality", "poor" if "vague" in q else "good"
+        elif params.choices == DIFFICULTY_SCALE:
+            key, label = "difficulty", "hard" if len(q.split()) > 12 else "easy"
+        elif params.choices == TASK_CATEGORIES:
+            key, label = "primary_tag", "Math" if re.search(r"\d", q) else "Information seeking"
+        elif params.json_schema is not None:
+            words = re.findall(r"[A-Za-z]{5,}", q)[: 1 + len(q.split()) // 8]
+            if self.form == "free":
+                return json.dumps([{"tag": w, "explanation": "."} for w in words])
+            return json.dumps({"tags": words})
+        else:
+            raise AssertionError(f"an unconstrained judge question: {params}")
+        if self.form == "bare":
+            return label
+        if self.form == "json":
+            return json.dumps({"answer": label})
+        return f'```json\n{{"explanation": "ok", "{key}": "{label}"}}\n```'
+
     async def chat(self, messages, params):
         self.calls.append((messages, params))
         prompt = messages[-1]["content"]
-        q = self._query(prompt)
-        if "input_quality" in prompt:
-            label = "poor" if "vague" in q else "good"
-            text = f'```json\n{{"explanation": "ok", "input_quality": "{label}"}}\n```'
-        elif '"difficulty"' in prompt:
-            label = "hard" if len(q.split()) > 12 else "easy"
-            text = f'{{"intent": "x", "knowledge": "y", "difficulty": "{label}"}}'
-        elif "primary_tag" in prompt:
-            text = '{"primary_tag": "%s", "other_tags": []}' % (
-                "Math" if re.search(r"\d", q) else "Information seeking")
-        else:
-            words = re.findall(r"[A-Za-z]{5,}", q)[: 1 + len(q.split()) // 8]
-            text = json.dumps([{"tag": w, "explanation": "."} for w in words])
+        text = self._answer(self._query(prompt), params)
         return Completion(text, "stop", prompt_tokens=len(prompt.split()), completion_tokens=5,
                           model=self.model_id)
 
@@ -245,6 +269,62 @@ def test_rate_sends_the_template_with_the_instruction_greedy_and_seeded():
     assert judge.calls[1][1].seed != params.seed  # per record, so replays stay distinct
 
 
+@pytest.mark.parametrize("kind,choices", [
+    ("quality", QUALITY_SCALE), ("difficulty", DIFFICULTY_SCALE), ("category", TASK_CATEGORIES)])
+def test_each_rating_is_asked_with_a_choice_constraint_on_its_labels(kind, choices):
+    judge = FakeJudge()
+    asyncio.run(rate(new_record("r1", "What is 2 + 2?", method="input"), judge, kind))
+    [(messages, params)] = judge.calls
+    assert params.choices == choices and params.json_schema is None
+    # The prompt asks for the label alone and names every allowed answer.
+    prompt = messages[0]["content"]
+    assert "only" in prompt and all(c in prompt for c in choices)
+
+
+@pytest.mark.parametrize("form", ["bare", "json", "free"])
+def test_ratings_read_the_bare_label_the_json_answer_and_free_text(form):
+    judge = FakeJudge(form)
+    rec = new_record("r1", "What is 2 + 2? Please answer this vague question now.", method="input")
+    got = {k: asyncio.run(rate(rec, judge, k)) for k in RATINGS}
+    assert got == {"quality": {"label": "poor", "score": 2, "status": "ok"},
+                   "difficulty": {"label": "easy", "score": 2, "status": "ok"},
+                   "category": {"label": "Math", "status": "ok"}}
+
+
+@pytest.mark.parametrize("text,choices,expected", [
+    ("very hard", DIFFICULTY_SCALE, "very hard"),
+    ("  Hard\n", DIFFICULTY_SCALE, "hard"),
+    ('{"answer": "Good"}', QUALITY_SCALE, "good"),
+    ('"average"', QUALITY_SCALE, "average"),
+    ("Coding & Debugging", TASK_CATEGORIES, "Coding & Debugging"),
+    ('{"answer": "Role playing"}', TASK_CATEGORIES, "Role playing"),
+    # Not constrained answers: left to the tolerant parsers, which never guess.
+    ("easy or hard", DIFFICULTY_SCALE, None),
+    ("The query is good.", QUALITY_SCALE, None),
+    ('{"answer": "great"}', QUALITY_SCALE, None),
+    ('{"input_quality": "good"}', QUALITY_SCALE, None),
+    ("", QUALITY_SCALE, None),
+])
+def test_constrained_choice_reads_only_a_constrained_answer(text, choices, expected):
+    assert constrained_choice(text, choices) == expected
+
+
+@pytest.mark.parametrize("kind,text,expected", [
+    # Free text from a server that ignored the constraint: the first line is the label.
+    ("difficulty", "Very easy\n\nThe difficulty level of the user query is very easy.",
+     "very easy"),
+    ("quality", "Excellent.\nThe query is clear.", "excellent"),
+    ("category", "Creative writing\n\nThe user wants a poem.", "Creative writing"),
+    # ...but a first line listing several labels, or a sentence, is no answer.
+    ("quality", "Very poor, poor, inadequate, poor, poor", None),
+    ("quality", "The query is very poor.\nIt lacks context.", None),
+    ("category", "The task tag for the user query is:\n\nMath", None),
+    ("difficulty", '{"answer": "[very easy/easy/medium/hard/very hard]"}', None),
+])
+def test_free_text_ratings_are_read_from_a_label_alone_on_the_first_line(kind, text, expected):
+    assert parse_rating(RATINGS[kind], text) == expected
+
+
 # ---------------------------------------------------------------- tag parser and metrics
 
 
@@ -267,6 +347,10 @@ def test_tag_normalisation_merges_spellings():
     ("Tags: poetry, nature; haiku", ["poetry", "nature", "haiku"]),
     ("1. **Poetry**: writes a poem\n2. Nature - about rain", ["poetry", "nature"]),
     ('[{"tag": "math"}, {"tag": "Math"}, {"tag": "maths"}]', ["math"]),
+    # The constrained form, also pretty-printed, and cut off at the token limit.
+    ('{"tags": ["Math", "Word problems"]}', ["math", "word problem"]),
+    ('{\n  "tags": [\n    "coding",\n    "Python"\n  ]\n}', ["coding", "python"]),
+    ('{"tags": ["poetry", "nature", "hai', ["poetry", "nature"]),
 ])
 def test_tag_parser_reads_messy_outputs(text, expected):
     assert parse_tags(text) == expected
@@ -277,9 +361,39 @@ def test_tag_parser_reads_messy_outputs(text, expected):
     '{"tag": "str", "explanation": "str"}',
     '[{"tag": "',
     "",
+    '{"tags": []}',
+    '{"tags": ["str", "tag"]}',
+    '{"tags": ["po',
 ])
 def test_tag_parser_returns_none_when_there_are_no_tags(text):
     assert parse_tags(text) is None
+
+
+TO_TAG = "Please translate the greeting Hello into French for my friend"
+
+
+def test_the_tagger_asks_with_a_json_schema_of_one_to_a_few_short_tags():
+    judge = FakeJudge()
+    out = asyncio.run(tag(new_record("r1", TO_TAG, method="input"), judge))
+    assert out == {"tags": ["please", "translate"], "status": "ok"}
+    [(messages, params)] = judge.calls
+    assert params.choices is None and params.schema() == TAGS_SCHEMA
+    tags = TAGS_SCHEMA["properties"]["tags"]
+    assert TAGS_SCHEMA["required"] == ["tags"] and TAGS_SCHEMA["type"] == "object"
+    assert tags["minItems"] == 1 and 1 < tags["maxItems"] <= 20
+    assert tags["items"]["type"] == "string" and tags["items"]["maxLength"] <= 100
+    assert '{"tags": [str, ...]}' in messages[0]["content"]
+
+
+@pytest.mark.parametrize("form", ["bare", "free"])
+def test_tags_are_read_from_the_schema_answer_and_from_free_text(form):
+    out = asyncio.run(tag(new_record("r1", TO_TAG, method="input"), FakeJudge(form)))
+    assert out == {"tags": ["please", "translate"], "status": "ok"}
+
+
+def test_a_junk_tag_answer_is_unparseable_with_its_raw_text():
+    assert tag_result(Completion('{"tags": ["po', "length")) == {
+        "tags": None, "status": "unparseable", "raw": '{"tags": ["po', "finish_reason": "length"}
 
 
 def test_complexity_and_diversity_on_known_tags():
@@ -379,7 +493,7 @@ def test_a_judge_asked_new_questions_asks_them_of_every_record(tmp_path):
                              progress=False)
     assert set(verdicts["r1"]["ratings"]) == {"difficulty", "quality"}
     # The repeated difficulty questions came from the shared cache.
-    assert sum("input_quality" in m[0]["content"] for m, _ in judge.calls) == 2
+    assert sum(p.choices == QUALITY_SCALE for _, p in judge.calls) == 2
     assert len(judge.calls) == 4
 
 
@@ -401,9 +515,10 @@ def test_analyze_an_evolve_run_without_embeddings(tmp_path):
     assert len(rows) == 20 and rows[0]["instruction_words"] == 3
 
 
-def test_analyze_with_a_judge_reports_ratings_tags_and_per_round_complexity(tmp_path):
+@pytest.mark.parametrize("form", ["bare", "json", "free"])
+def test_analyze_with_a_judge_reports_ratings_tags_and_per_round_complexity(tmp_path, form):
     run = make_evolve_run(tmp_path)
-    judge = FakeJudge()
+    judge = FakeJudge(form)
     m = analyze(run, AnalyzeConfig(embeddings=False, report=False), judge_llm=judge,
                 progress=False).metrics
     assert m["ratings"]["quality"]["counts"]["good"] == 20
@@ -581,9 +696,10 @@ def test_analyze_with_the_embedded_model_as_judge(tmp_path, embedded_llm):
                                                            max_tokens=32))
     res = analyze(src, cfg, judge_llm=embedded_llm, progress=False)
     row = json.loads(res.per_record_path.read_text())
-    # A 135M judge may answer anything; the answer is a scale label or marked unparseable.
-    assert row["difficulty"] in (*DIFFICULTY_SCALE, "unparseable")
-    assert row["tags_status"] in ("ok", "unparseable")
+    # Constrained output: even a 135M judge answers a scale label and parseable tags (in 32
+    # tokens), however poor its judgement.
+    assert row["difficulty"] in DIFFICULTY_SCALE
+    assert row["tags_status"] == "ok"
     [usage] = judge_usage(res.out_dir / "judge")
     steps = next(iter(usage["total"].values()))
     assert steps["rate_difficulty"]["requests"] == 1 and steps["instag"]["requests"] == 1
@@ -593,6 +709,23 @@ def test_analyze_with_the_embedded_model_as_judge(tmp_path, embedded_llm):
     [usage] = judge_usage(res.out_dir / "judge")
     assert next(iter(usage["total"].values()))["rate_difficulty"]["requests"] == 1
     assert json.loads(again.per_record_path.read_text()) == row
+
+
+@pytest.mark.llm
+def test_the_embedded_judge_gives_readable_verdicts_for_every_record(tmp_path, embedded_llm):
+    questions = ["What is 2 + 2?", "Write a short poem about the sea.",
+                 "Explain how a binary search works and write it in Python.",
+                 "Give me three tips for planning a week-long trip to Japan on a budget."]
+    recs = [new_record(f"r{i}", q, method="input") for i, q in enumerate(questions)]
+    verdicts = judge_records(recs, embedded_llm, tmp_path / "judge", JudgeConfig(concurrency=4),
+                             progress=False)
+    assert set(verdicts) == {r["id"] for r in recs}
+    for rid, v in verdicts.items():
+        # Before constrained output this model left most of these unreadable.
+        for kind, rating in v["ratings"].items():
+            assert rating["status"] == "ok", (rid, kind, rating)
+            assert rating["label"] in RATINGS[kind].choices
+        assert v["tags"]["status"] == "ok" and v["tags"]["tags"], (rid, v["tags"])
 
 
 def test_eval_results_saved_in_the_run_appear_in_the_report(tmp_path):

@@ -34,7 +34,8 @@ def test_cli_pairwise_embedded_against_itself_with_a_real_judge(embedded_llm, tm
     saved = json.loads((out / "results.json").read_text())
     s = saved["summary"]
     assert s["questions"] == 1
-    assert s["wins"] + s["ties"] + s["losses"] + s["errors"] == 1
+    # Constrained to [[A]] / [[B]] / [[C]], even the 135M judge gives two readable verdicts.
+    assert s["wins"] + s["ties"] + s["losses"] == 1 and s["errors"] == 0
     assert "| all | 1 |" in res.output
 
 

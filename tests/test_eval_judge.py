@@ -8,7 +8,13 @@ import pytest
 
 from instructforge.llm.base import LLM, Completion, Message, SamplingParams
 from instructforge.tuning.eval import EvalConfig, EvalError, evaluate, load_items, results_table
-from instructforge.tuning.judge import combine, model_view, parse_verdict, summarize
+from instructforge.tuning.judge import (
+    VERDICT_CHOICES,
+    combine,
+    model_view,
+    parse_verdict,
+    summarize,
+)
 
 
 @pytest.mark.parametrize(
@@ -26,6 +32,14 @@ from instructforge.tuning.judge import combine, model_view, parse_verdict, summa
         ("Assistant A is better in tone but Assistant B is better in accuracy.", None),
         ("I like both answers.", None),
         ("", None),
+        # Constrained answers: the bare choice, or {"answer": ...} from response_format.
+        ("[[C]]", "tie"),
+        (" [[A]]\n", "A"),
+        ('{"answer": "[[B]]"}', "B"),
+        ('{"answer": "[[C]]"}', "tie"),
+        ("B", "B"),
+        ("tie", "tie"),
+        ('{"answer": "maybe"}', None),
     ],
 )
 def test_parse_verdict(text, verdict):
@@ -83,13 +97,16 @@ class Answerer(LLM):
 
 
 class Judge(LLM):
-    """A scripted judge: ``pick(answer_a, answer_b)`` returns its verdict text."""
+    """A scripted judge: ``pick(answer_a, answer_b)`` returns its verdict text; the sampling
+    params of each call are kept in ``params``."""
 
     def __init__(self, name: str, pick) -> None:
         self.model_id, self.pick, self.calls = name, pick, 0
+        self.params: list[SamplingParams] = []
 
     async def chat(self, messages: list[Message], params: SamplingParams) -> Completion:
         self.calls += 1
+        self.params.append(params)
         prompt = messages[-1]["content"]
         a = prompt.split("[The Start of Assistant A's Answer]\n")[1].split("\n[The End")[0]
         b = prompt.split("[The Start of Assistant B's Answer]\n")[1].split("\n[The End")[0]
@@ -115,6 +132,28 @@ def test_a_judge_that_sees_the_better_answer_gives_consistent_wins(tmp_path):
     assert (s["wins"], s["ties"], s["losses"]) == (4, 0, 0)
     assert s["consistency"] == 1.0
     assert judge.calls == 8  # every question judged in both orders
+
+
+def test_the_judge_is_asked_for_the_verdict_alone_with_a_choice_constraint(tmp_path):
+    judge = Judge("fair", lambda a, b: "[[A]]" if len(a) > len(b) else "[[B]]")
+    run_pairwise(tmp_path, judge, limit=2)
+    assert judge.params and all(p.choices == VERDICT_CHOICES for p in judge.params)
+    assert all(p.json_schema is None and p.temperature == 0.0 for p in judge.params)
+    assert {parse_verdict(c) for c in VERDICT_CHOICES} == {"A", "B", "tie"}
+
+
+@pytest.mark.parametrize("form", [
+    "{}",                    # a grammar-constrained server: the bare choice
+    '{{"answer": "{}"}}',    # OpenAI's response_format: the choice as JSON
+    "Assistant {0} gives the better answer, so my verdict is {0}",  # no constraint
+])
+def test_verdicts_read_in_every_answer_form_give_the_same_results(tmp_path, form):
+    def pick(a: str, b: str) -> str:
+        choice = "[[A]]" if len(a) > len(b) else "[[B]]"
+        return form.format(choice if "{}" in form else choice.strip("[]"))
+
+    s = run_pairwise(tmp_path, Judge("fair", pick))["summary"]
+    assert (s["wins"], s["ties"], s["losses"], s["errors"]) == (4, 0, 0, 0)
 
 
 def test_position_swap_cancels_a_judge_that_always_picks_the_first_answer(tmp_path):

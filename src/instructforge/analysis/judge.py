@@ -26,6 +26,10 @@ from instructforge.engine import Context, RunDir, iter_jsonl, run_job
 from instructforge.llm.base import LLM, Completion, Message, SamplingParams
 from instructforge.records import Record, stable_id
 
+PROTOCOL = "constrained-1"
+"""How the judge is asked (prompts and output constraints); part of the judge run key, so a
+changed protocol asks again instead of resuming runs that hold the old protocol's verdicts."""
+
 Verdict = dict[str, Any]
 """``{"ratings": {"quality": {...}, ...}, "tags": {...} or None}`` for one record."""
 
@@ -65,8 +69,9 @@ def judge_run_dir(judge_root: str | Path, llm: LLM, cfg: JudgeConfig) -> Path:
     """The judge run directory for this model and question set, under ``judge_root``.
 
     Resume skips records by id, so a run asked other questions (another model, other
-    ratings, another token cap) must live in its own directory, or its records would be
-    taken as done; one shared request cache keeps the common questions free.
+    ratings, another token cap, another :data:`PROTOCOL`) must live in its own directory, or
+    its records would be taken as done; one shared request cache keeps the common questions
+    free.
 
     >>> class M(LLM):
     ...     model_id = "m"
@@ -75,7 +80,8 @@ def judge_run_dir(judge_root: str | Path, llm: LLM, cfg: JudgeConfig) -> Path:
     >>> judge_run_dir("a/judge", M(), JudgeConfig()).parent.as_posix()
     'a/judge'
     """
-    key = stable_id(llm.model_id, sorted(cfg.ratings), cfg.tags, cfg.max_tokens, length=10)
+    key = stable_id(llm.model_id, sorted(cfg.ratings), cfg.tags, cfg.max_tokens, PROTOCOL,
+                    length=10)
     return Path(judge_root) / f"run-{key}"
 
 

@@ -1,8 +1,15 @@
 """LLM-judge ratings with Magpie's scales: input quality, difficulty and task category.
 
-Each rating is a prompt template (``prompts/analysis/{quality,difficulty,category}.jinja``) and
-a parser that accepts the judge's JSON, markdown or bare answers but never guesses: an answer
-that names no label, or several, is recorded as ``unparseable`` with its raw text.
+Each rating is a prompt template (``prompts/analysis/{quality,difficulty,category}.jinja``)
+asking for one label, sent with a choice constraint (``SamplingParams.choices`` = the scale's
+labels or the category list), so a server with structured output can only answer a label.
+The reader takes that constrained answer (the bare label, or ``{"answer": LABEL}`` where the
+server enforces JSON) and, from a server that ignored the constraint, the judge's JSON,
+markdown or bare answers, but never guesses: an answer that names no label, or several, is
+recorded as ``unparseable`` with its raw text.
+
+>>> parse_rating(RATINGS["quality"], '{"answer": "good"}')
+'good'
 
 >>> parse_scale('{"input_quality": "good"}', QUALITY_SCALE, ("input_quality",))
 'good'
@@ -24,6 +31,7 @@ import jinja2
 
 from instructforge.analysis.parsing import clean_label, find_json
 from instructforge.llm.base import LLM, Completion, Message, SamplingParams
+from instructforge.llm.structured import CHOICE_KEY, read_choice, read_json
 from instructforge.records import Record, instruction, stable_seed
 
 QUALITY_SCALE = ("very poor", "poor", "average", "good", "excellent")
@@ -62,6 +70,11 @@ class RatingKind:
     @property
     def step(self) -> str:
         return f"rate_{self.name}"
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        """The answers the judge is constrained to: the scale's labels or the categories."""
+        return self.scale if self.scale is not None else TASK_CATEGORIES
 
 
 RATINGS: dict[str, RatingKind] = {
@@ -142,12 +155,15 @@ def parse_scale(text: str, scale: tuple[str, ...], keys: tuple[str, ...]) -> str
     """The rating label in a judge's answer, or None when it cannot be read without guessing.
 
     Tried in order: a JSON object with one of ``keys``; a ``key: label`` line; an answer that
-    is nothing but a label.
+    is nothing but a label, or whose first line is (the prompts ask for the label alone, and
+    small judges add a paragraph after it).
 
     >>> parse_scale("**Difficulty:** Hard\\nBecause...", DIFFICULTY_SCALE, ("difficulty",))
     'hard'
     >>> parse_scale("Excellent", QUALITY_SCALE, ("input_quality",))
     'excellent'
+    >>> parse_scale("Very easy.\\n\\nThe query asks for a sum.", DIFFICULTY_SCALE, ("difficulty",))
+    'very easy'
     >>> parse_scale("It is a fine question.", QUALITY_SCALE, ("input_quality",)) is None
     True
     """
@@ -162,8 +178,15 @@ def parse_scale(text: str, scale: tuple[str, ...], keys: tuple[str, ...]) -> str
         label = match_label(value, scale)
         if label is not None:
             return label
-    cleaned = clean_label(text)
-    return cleaned if cleaned in scale else None
+    for candidate in (text, _first_line(text)):
+        cleaned = clean_label(candidate)
+        if cleaned in scale:
+            return cleaned
+    return None
+
+
+def _first_line(text: str) -> str:
+    return next((line for line in (text or "").splitlines() if line.strip()), "")
 
 
 def match_category(value: Any) -> str | None:
@@ -188,10 +211,13 @@ def match_category(value: Any) -> str | None:
 
 
 def parse_category(text: str, keys: tuple[str, ...] = RATINGS["category"].keys) -> str | None:
-    """The primary task category in a judge's answer, or None.
+    """The primary task category in a judge's answer, or None: a JSON object with one of
+    ``keys``, a ``key: category`` line, or a short answer (or first line) naming one category.
 
     >>> parse_category('{"primary_tag": "Math", "other_tags": ["Reasoning"]}')
     'Math'
+    >>> parse_category("Creative writing\\n\\nThe user wants a poem.")
+    'Creative writing'
     """
     for obj in find_json(text):
         if isinstance(obj, dict):
@@ -204,11 +230,44 @@ def parse_category(text: str, keys: tuple[str, ...] = RATINGS["category"].keys) 
         cat = match_category(value)
         if cat is not None:
             return cat
-    return match_category(text) if len((text or "").split()) <= 4 else None
+    for candidate in (text, _first_line(text)):
+        if len(candidate.split()) <= 4:
+            cat = match_category(candidate)
+            if cat is not None:
+                return cat
+    return None
+
+
+def constrained_choice(text: str, choices: tuple[str, ...]) -> str | None:
+    """The choice when ``text`` is a constrained answer, else None.
+
+    A constrained answer is exactly one of ``choices`` (case, quotes and markdown forgiven),
+    ``{"answer": CHOICE}`` or a JSON string, as servers with structured output return it.
+    Free text is left to the tolerant parsers, which never take a choice merely mentioned.
+
+    >>> constrained_choice('{"answer": "very hard"}', DIFFICULTY_SCALE)
+    'very hard'
+    >>> constrained_choice("Hard", DIFFICULTY_SCALE)
+    'hard'
+    >>> constrained_choice("easy or hard", DIFFICULTY_SCALE) is None
+    True
+    """
+    value = read_json(text or "")
+    if isinstance(value, dict):
+        value = value.get(CHOICE_KEY)
+    candidate = value if isinstance(value, str) else (text or "")
+    choice = read_choice(candidate, choices)
+    if choice is not None and clean_label(candidate) == clean_label(choice):
+        return choice
+    return None
 
 
 def parse_rating(kind: RatingKind, text: str) -> str | None:
-    """Dispatch to :func:`parse_scale` or :func:`parse_category` for ``kind``."""
+    """The label in a judge's answer: the constrained answer (:func:`constrained_choice`),
+    else :func:`parse_scale` or :func:`parse_category` for ``kind``; None when unreadable."""
+    choice = constrained_choice(text, kind.choices)
+    if choice is not None:
+        return choice
     if kind.scale is None:
         return parse_category(text, kind.keys)
     return parse_scale(text, kind.scale, kind.keys)
@@ -252,8 +311,12 @@ async def rate(
     {'label': 'good', 'score': 4, 'status': 'ok'}
     """
     k = RATINGS[kind] if isinstance(kind, str) else kind
-    messages = [{"role": "user", "content": render_prompt(k.template, input=instruction(record))}]
-    # Greedy and seeded: a rating is a measurement, and a rerun must hit the cache.
+    choices = k.choices
+    messages = [{"role": "user", "content": render_prompt(k.template, input=instruction(record),
+                                                          choices=choices)}]
+    # Greedy and seeded: a rating is a measurement, and a rerun must hit the cache. The
+    # choice constraint makes the answer a label on servers with structured output; others
+    # answer in free text, read by the tolerant parsers.
     params = SamplingParams(temperature=0.0, max_tokens=max_tokens,
-                            seed=stable_seed(record.get("id", ""), k.step))
+                            seed=stable_seed(record.get("id", ""), k.step), choices=choices)
     return rating_result(k, await chat(llm, messages, params, k.step))

@@ -1,7 +1,11 @@
 """InsTag-style intention tags, and the complexity / diversity figures built on them.
 
-An LLM tags each instruction with open-set intention tags (``prompts/analysis/tags.jinja``).
-Following InsTag (Lu et al. 2023) and the Auto Evol-Instruct paper:
+An LLM tags each instruction with open-set intention tags (``prompts/analysis/tags.jinja``),
+asked for ``{"tags": [TAG, ...]}`` with a JSON-schema constraint (:data:`TAGS_SCHEMA`), so a
+server with structured output always answers parseable JSON; answers from a server that ignored
+the constraint are read by the same tolerant parser (InsTag's ``{"tag", "explanation"}`` lists,
+``Tags:`` lines, bulleted lists). Following InsTag (Lu et al. 2023) and the Auto Evol-Instruct
+paper:
 
 - **complexity** = mean number of distinct tags per instruction;
 - **diversity** = number of distinct *normalised* tags over the whole set.
@@ -17,6 +21,7 @@ Tags are normalised (lowercase, separators unified, plural ``s`` dropped) so tha
 
 from __future__ import annotations
 
+import json
 import re
 import unicodedata
 from collections import Counter
@@ -30,6 +35,25 @@ from instructforge.records import Record, instruction, stable_seed
 
 STEP = "instag"
 MAX_TAG_WORDS = 6  # longer "tags" are sentences the model wrote, not tags
+MAX_TAGS = 10  # InsTag's tag counts stay well below this; it bounds a small judge's loops
+MAX_TAG_CHARS = 60
+TAGS_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "tags": {
+            "type": "array",
+            "items": {"type": "string", "minLength": 1, "maxLength": MAX_TAG_CHARS},
+            "minItems": 1,
+            "maxItems": MAX_TAGS,
+        },
+    },
+    "required": ["tags"],
+    "additionalProperties": False,
+}
+"""The constraint the tagger is asked under: an object at the root (as OpenAI's strict mode
+requires) holding 1 to :data:`MAX_TAGS` short tags. Plain strings rather than InsTag's
+``{"tag", "explanation"}`` objects: the explanations are never used, cost most of the tokens,
+and let a small judge run out of tokens before its first tag."""
 # Echoes of the prompt's own placeholders are not tags.
 _PLACEHOLDERS = {"str", "tag", "tags", "explanation", "string", "...", "tag 1", "tag 2"}
 
@@ -86,6 +110,29 @@ def _tags_from_json(value: Any) -> list[Any]:
     return []
 
 
+_TAGS_OPEN = re.compile(r'"tags"\s*:\s*\[')
+_DECODER = json.JSONDecoder()
+
+
+def _cut_tag_list(text: str) -> list[str]:
+    """The finished strings of a ``{"tags": [...`` answer cut off at the token limit."""
+    m = _TAGS_OPEN.search(text or "")
+    if not m:
+        return []
+    out: list[str] = []
+    i = m.end()
+    while True:
+        while i < len(text) and text[i] in " \t\r\n,":
+            i += 1
+        if i >= len(text) or text[i] != '"':
+            return out
+        try:
+            value, i = _DECODER.raw_decode(text, i)
+        except json.JSONDecodeError:
+            return out
+        out.append(value)
+
+
 _LIST_LINE = re.compile(r"^\s*(?:[-*\u2022]|\d+[.)])\s+\**([^:*\n]{1,60}?)\**\s*(?:[:\-\u2013]\s.*)?$",
                         re.MULTILINE)
 _TAGS_LINE = re.compile(r"^\s*\**tags?\**\s*:\s*(.+)$", re.IGNORECASE | re.MULTILINE)
@@ -94,9 +141,14 @@ _TAGS_LINE = re.compile(r"^\s*\**tags?\**\s*:\s*(.+)$", re.IGNORECASE | re.MULTI
 def parse_tags(text: str) -> list[str] | None:
     """Normalised tags from an InsTag answer, or None when the answer holds no tags.
 
-    Reads a JSON list of ``{"tag", "explanation"}`` objects (or loose objects, or
-    ``{"tags": [...]}``), then ``Tags: a, b`` lines, then bulleted ``- tag: why`` lists.
+    Reads the constrained ``{"tags": [...]}`` (also truncated: its finished tags count), a
+    JSON list of ``{"tag", "explanation"}`` objects (or loose objects), then ``Tags: a, b``
+    lines, then bulleted ``- tag: why`` lists.
 
+    >>> parse_tags('{"tags": ["Math", "word problems"]}')
+    ['math', 'word problem']
+    >>> parse_tags('{"tags": ["coding", "Python", "sor')
+    ['coding', 'python']
     >>> parse_tags('{"tag": "coding", "explanation": "x"} {"tag": "Python"}')
     ['coding', 'python']
     >>> parse_tags("Tags: cooking, Recipe adaptation")
@@ -110,6 +162,8 @@ def parse_tags(text: str) -> list[str] | None:
     for value in find_json(text):
         found.extend(_tags_from_json(value))
     tags = _clean(found)
+    if not tags:
+        tags = _clean(_cut_tag_list(text))
     if not tags:
         for line in _TAGS_LINE.findall(text or ""):
             tags = _clean(re.split(r"[,;]", line))
@@ -142,7 +196,7 @@ async def tag(record: Record, llm: LLM, *, chat: ChatFn = direct_chat,
     """
     messages = [{"role": "user", "content": render_prompt("tags.jinja", input=instruction(record))}]
     params = SamplingParams(temperature=0.0, max_tokens=max_tokens,
-                            seed=stable_seed(record.get("id", ""), STEP))
+                            seed=stable_seed(record.get("id", ""), STEP), json_schema=TAGS_SCHEMA)
     return tag_result(await chat(llm, messages, params, STEP))
 
 

@@ -183,8 +183,10 @@ async def _score(task: str, row: dict[str, Any], answer: str, cfg: EvalConfig) -
 
 async def _judge_pair(ctx: Context, judge_llm: LLM, question: str, model_answer: str,
                       baseline_answer: str, item_id: str, cfg: EvalConfig) -> dict[str, Any]:
+    # The verdict alone, constrained to [[A]] / [[B]] / [[C]] where the server can enforce it;
+    # parse_verdict also reads a free-text answer from a server that cannot.
     params = SamplingParams(temperature=0.0, max_tokens=cfg.judge_max_tokens,
-                            seed=stable_seed(item_id, "judge"))
+                            seed=stable_seed(item_id, "judge"), choices=judge.VERDICT_CHOICES)
     raws, views, texts = [], [], []
     # Ordering 1: the model's answer first (A); ordering 2: the baseline's first.
     for model_is, (a, b) in (("A", (model_answer, baseline_answer)),
@@ -238,6 +240,8 @@ def evaluate(
     # new evaluation in the same directory, never a stale "already done".
     key = [cfg.task, cfg.max_tokens, cfg.temperature, *(m.model_id for m in models.values()),
            judge_llm.model_id if judge_llm else "", cfg.judge_max_tokens]
+    if judge_llm:
+        key.append(judge.PROTOCOL)  # how the judge is asked (prompt and constraint)
     inputs: list[Record] = []
     for it in items:
         prompt = task_prompt(cfg.task, it["row"])

@@ -6,6 +6,11 @@ turned into the model's point of view and combined: when they agree the result s
 they disagree the question counts as a tie (MT-Bench's rule), and when one verdict could not
 be parsed the other one decides. Unparseable verdicts are recorded as such, never guessed.
 
+The judge is asked for the verdict alone with a choice constraint (:data:`VERDICT_CHOICES`,
+MT-Bench's ``[[A]]`` / ``[[B]]`` / ``[[C]]``), so a server with structured output can only
+answer a verdict; :func:`parse_verdict` reads that (bare, or as ``{"answer": "[[A]]"}``) and
+the free text of a server that ignored the constraint.
+
 >>> parse_verdict("Both are fine but A is more precise. [[A]]")
 'A'
 >>> combine(model_view("A", model_is="A"), model_view("A", model_is="B"))
@@ -18,9 +23,15 @@ import re
 from typing import Any
 
 from instructforge.llm.base import Message
+from instructforge.llm.structured import CHOICE_KEY, read_json
 from instructforge.tuning.prompts import render
 
 OUTCOMES = ("win", "tie", "loss")
+VERDICT_CHOICES = ("[[A]]", "[[B]]", "[[C]]")
+"""The answers the judge is constrained to: A better, B better, a tie."""
+PROTOCOL = "verdict-choice-1"
+"""Names how the judge is asked (prompt and constraint); part of the eval record ids, so a
+changed protocol re-judges instead of reusing verdicts given to the old one."""
 
 _BRACKET_RE = re.compile(r"\[\[\s*(A|B|C|tie)\s*\]\]", re.IGNORECASE)
 # "Final verdict: B", "Verdict - [A]", "verdict is **tie**"
@@ -55,9 +66,13 @@ def _norm(v: str) -> str:
 def parse_verdict(text: str) -> str | None:
     """``"A"``, ``"B"``, ``"tie"`` or None from a judge's answer.
 
-    The last ``[[X]]`` wins (judges often restate the format before deciding); without one,
-    a "verdict: X" phrase, then "Assistant X is better" when only one side is named.
+    The constrained answer first: one of :data:`VERDICT_CHOICES` (or ``A`` / ``B`` / ``C`` /
+    ``tie``), bare or as ``{"answer": ...}``. In free text the last ``[[X]]`` wins (judges
+    often restate the format before deciding); without one, a "verdict: X" phrase, then
+    "Assistant X is better" when only one side is named.
 
+    >>> parse_verdict("[[B]]"), parse_verdict('{"answer": "[[C]]"}')
+    ('B', 'tie')
     >>> parse_verdict("Format: [[A]], [[B]] or [[C]]. My verdict: [[C]]")
     'tie'
     >>> parse_verdict("I cannot decide.") is None
@@ -65,6 +80,15 @@ def parse_verdict(text: str) -> str | None:
     """
     if not text:
         return None
+    value = read_json(text)
+    answer = value.get(CHOICE_KEY) if isinstance(value, dict) else value
+    if isinstance(answer, str):
+        bare = answer.strip().strip("[]").strip()
+        if bare.upper() in ("A", "B", "C", "TIE"):
+            return _norm(bare)
+    bare = text.strip().strip("[]").strip()
+    if bare.upper() in ("A", "B", "C", "TIE"):
+        return _norm(bare)
     tags = _BRACKET_RE.findall(text)
     if tags:
         return _norm(tags[-1])
