@@ -5,6 +5,7 @@ the search loop on a scripted fake LLM."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -15,6 +16,7 @@ from hypothesis import strategies as st
 
 from instructforge.engine import RunDir
 from instructforge.llm import LLM, Completion, SamplingParams
+from instructforge.methods import auto_evol as auto_evol_module
 from instructforge.methods import eliminate as el
 from instructforge.methods.auto_evol import (
     INSUFFICIENT_QUALIFICATION,
@@ -30,6 +32,7 @@ from instructforge.methods.auto_evol import (
     SearchModels,
     SectionsLLM,
     auto_evolve,
+    evol_config,
     failure_rate,
     paper_failure_types,
     parse_method_output,
@@ -37,7 +40,7 @@ from instructforge.methods.auto_evol import (
     search,
     select_candidate,
 )
-from instructforge.methods.evol_instruct import load_operations
+from instructforge.methods.evol_instruct import EvolConfig, load_operations
 from instructforge.records import stable_seed
 
 # --- a scripted fake LLM playing every role --------------------------------------------------
@@ -50,10 +53,10 @@ VARIANTS = {
 }
 
 
-# Candidate j of step k (run seed 0) gets variant (j - 1 + k) % 3: at step 1 the GOOD one is
-# the last candidate, so picking the first or the last sampled would be caught.
-VARIANT_OF_SEED = {stable_seed(0, "optimize", k, j): (j - 1 + k) % 3
-                   for k in range(1, 10) for j in range(1, 4)}
+# Candidate j of step k (run seed 0, or 5) gets variant (j - 1 + k) % 3: at step 1 the GOOD
+# one is the last candidate, so picking the first or the last sampled would be caught.
+VARIANT_OF_SEED = {stable_seed(run, "optimize", k, j): (j - 1 + k) % 3
+                   for run in (0, 5) for k in range(1, 10) for j in range(1, 4)}
 
 
 class FakeLLM(LLM):
@@ -125,10 +128,18 @@ def fake_models(llm: LLM | None = None) -> SearchModels:
     return SearchModels(llm, llm, llm, llm)
 
 
+EVOL_FIELDS = {f.name for f in dataclasses.fields(EvolConfig)}
+
+
 def small_config(**kw) -> AutoEvolConfig:
+    """Small sizes; keys Auto Evol shares with Evol-Instruct (rounds, seed, ...) go into the
+    embedded ``evol`` config, the others onto AutoEvolConfig itself."""
     base = dict(steps=2, candidates=3, trajectory_steps=2, batch_size=2, dev_size=4, rounds=0,
                 patience=0)
-    return AutoEvolConfig(**{**base, **kw})
+    merged = {**base, **kw}
+    shared = {k: v for k, v in merged.items() if k in EVOL_FIELDS}
+    own = {k: v for k, v in merged.items() if k not in EVOL_FIELDS}
+    return AutoEvolConfig(evol=evol_config(**shared), **own)
 
 
 # --- the section parser --------------------------------------------------------------------
@@ -539,3 +550,116 @@ def test_a_pool_too_small_for_dev_set_and_mini_batch_is_a_clear_error(tmp_path):
                        r"mini-batches of 2 apart: give at least 6"):
         search(seeds, tmp_path / "run", small_config(steps=1, dev_size=4, batch_size=2),
                models=fake_models(FakeLLM()))
+
+
+# --- the configuration: Evol-Instruct's embedded, Auto Evol's own beside it ---------------------
+
+SEARCH_KEYS = {"evol_llm", "optimizer_llm", "response_llm", "judge_llm", "candidates",
+               "trajectory_steps", "batch_size", "dev_size", "seed", "elimination", "failures",
+               "evol_temperature", "evol_max_tokens", "optimizer_temperature",
+               "optimizer_max_tokens", "analysis_max_tokens", "response_temperature",
+               "response_max_tokens", "judge_max_tokens", "top_p", "column", "limit"}
+
+
+def test_the_shared_settings_are_an_embedded_evol_config_with_auto_evols_defaults():
+    cfg = AutoEvolConfig()
+    assert isinstance(cfg.evol, EvolConfig)
+    e = cfg.evol
+    assert (e.rounds, e.evol_max_tokens, e.response_max_tokens, e.method) == (1, 192, 128,
+                                                                              "auto_evol")
+    assert AutoEvolConfig().evol is not cfg.evol  # a default_factory, never shared
+    d = cfg.to_dict()
+    assert d["evol"]["rounds"] == 1 and d["evol"]["evol_llm"]["model"] == "embedded"
+    for name in ("evol_llm", "response_llm", "judge_llm", "rounds", "seed", "elimination",
+                 "evol_temperature", "evol_max_tokens", "response_temperature",
+                 "response_max_tokens", "judge_max_tokens", "top_p", "column", "skip_invalid",
+                 "limit", "concurrency", "shared_cache"):
+        assert name not in d and not hasattr(cfg, name), name
+    assert json.loads(json.dumps(d)) == d
+
+
+def test_search_key_is_flat_and_reads_the_shared_settings_from_evol():
+    cfg = small_config(seed=7, evol_max_tokens=99, top_p=0.9, limit=5, candidates=2)
+    key = cfg.search_key()
+    assert set(key) == SEARCH_KEYS
+    assert (key["seed"], key["evol_max_tokens"], key["top_p"], key["limit"],
+            key["candidates"]) == (7, 99, 0.9, 5, 2)
+    assert key["elimination"] == cfg.to_dict()["evol"]["elimination"]
+    assert key["evol_llm"] == dataclasses.asdict(cfg.evol.evol_llm)
+
+
+def test_a_rerun_with_another_shared_setting_is_refused(tmp_path):
+    seeds = write_seeds(tmp_path / "seeds.jsonl", 8)
+    search(seeds, tmp_path / "run", small_config(steps=1), models=fake_models())
+    with pytest.raises(AutoEvolError, match="evol_max_tokens"):
+        search(seeds, tmp_path / "run", small_config(steps=1, evol_max_tokens=64),
+               models=fake_models())
+
+
+def test_check_accepts_rounds_zero_and_refuses_what_the_final_pass_cannot_run():
+    small_config(rounds=0).check()  # search only
+    with pytest.raises(AutoEvolError, match="rounds"):
+        small_config(rounds=-1).check()
+    with pytest.raises(AutoEvolError, match="operations"):
+        small_config(operations=["deepening"]).check()
+    with pytest.raises(AutoEvolError, match="operations"):
+        small_config(weights={"deepening": 2.0}).check()
+    with pytest.raises(AutoEvolError, match="executor"):
+        small_config(executor="ray").check()
+
+
+def test_rounds_zero_searches_only(tmp_path, monkeypatch):
+    def no_evolve(*a, **kw):
+        raise AssertionError("the final pass ran with rounds 0")
+
+    monkeypatch.setattr(auto_evol_module, "evolve", no_evolve)
+    seeds = write_seeds(tmp_path / "seeds.jsonl", 6)
+    result = auto_evolve(seeds, tmp_path / "run", small_config(steps=1, rounds=0),
+                         models=fake_models(), progress=False)
+    assert result.evolution is None
+    assert (tmp_path / "run/methods/best/auto_evol.jinja").exists()
+    assert list(RunDir(tmp_path / "run").kept()) == []
+
+
+def test_the_final_pass_runs_the_embedded_evol_config_with_only_the_operation_replaced(
+        tmp_path, monkeypatch):
+    real_evolve = auto_evol_module.evolve
+    seen: list[EvolConfig] = []
+
+    def capture(input_path, run_dir, config, **kw):
+        seen.append(config)
+        return real_evolve(input_path, run_dir, config, **kw)
+
+    monkeypatch.setattr(auto_evol_module, "evolve", capture)
+    seeds = write_seeds(tmp_path / "seeds.jsonl", 6)
+    # Settings off every default, so a field dropped or copied wrong would show.
+    cfg = small_config(steps=1, rounds=2, seed=5, evol_temperature=0.5, evol_max_tokens=150,
+                       response_temperature=0.4, response_max_tokens=90, judge_max_tokens=8,
+                       top_p=0.95, concurrency=7, keep_seeds=True, method="evol_instruct")
+    before = dataclasses.replace(cfg.evol)
+    auto_evolve(seeds, tmp_path / "run", cfg, models=fake_models(), progress=False)
+
+    [final] = seen
+    best = tmp_path / "run" / "methods" / "best"
+    replaced = {"operations": ["auto_evol"], "ops_dir": str(best),
+                "elimination": cfg.elimination_for_auto_evol(), "method": "auto_evol"}
+    assert final == dataclasses.replace(cfg.evol, **replaced)
+    for f in dataclasses.fields(EvolConfig):
+        if f.name not in replaced:
+            assert getattr(final, f.name) == getattr(cfg.evol, f.name), f.name
+        else:
+            assert getattr(final, f.name) == replaced[f.name], f.name
+    assert final.elimination.evolving_prompt_patterns[
+        :len(cfg.evol.elimination.evolving_prompt_patterns)] \
+        == cfg.evol.elimination.evolving_prompt_patterns
+    assert cfg.evol == before  # the embedded config itself is left as it was
+
+    # config.yaml shows the whole config with the shared part nested, and what the final
+    # pass set in it.
+    conf = RunDir(tmp_path / "run").read_config()
+    assert conf["job"] == "auto_evol" and conf["input"] == str(seeds)
+    assert conf["evol"] == json.loads(json.dumps(dataclasses.asdict(cfg.evol)))
+    assert conf["evol"]["rounds"] == 2 and conf["steps"] == 1 and "rounds" not in conf
+    assert conf["final_pass"] == {"operations": ["auto_evol"], "ops_dir": str(best),
+                                  "elimination": final.to_dict()["elimination"],
+                                  "method": "auto_evol"}

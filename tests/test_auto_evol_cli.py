@@ -46,6 +46,16 @@ def test_auto_evol_command_writes_the_method_history_and_the_evolved_dataset(tmp
         assert (m / path).exists(), path
     kept = list(RunDir(run).kept())
     assert len(kept) == 6
+    # config.yaml: the settings shared with Evol-Instruct nested under `evol:`, the flags
+    # routed to the right level.
+    conf = RunDir(run).read_config()
+    assert conf["job"] == "auto_evol"
+    assert conf["evol"]["rounds"] == 1 and conf["evol"]["evol_llm"]["model"] == srv.url
+    assert conf["evol"]["response_llm"]["model"] == srv.url
+    assert (conf["evol"]["evol_max_tokens"], conf["evol"]["response_max_tokens"]) == (192, 128)
+    assert conf["optimizer_llm"]["model"] == srv.url
+    assert (conf["steps"], conf["candidates"], conf["dev_size"]) == (2, 2, 3)
+    assert "rounds" not in conf and "evol_llm" not in conf
     assert kept[0]["messages"][0]["content"].startswith("Name three rare fruits")
 
 
@@ -56,6 +66,7 @@ def test_dry_run_calls_nothing_and_counts_the_calls(tmp_path):
     ])
     assert result.exit_code == 0, result.output
     assert "search llm calls at most" in result.output
+    assert "evolution rounds" in result.output
     assert not (tmp_path / "run").exists()
 
 

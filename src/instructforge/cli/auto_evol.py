@@ -38,6 +38,7 @@ from instructforge.methods.auto_evol import (
     FailureConfig,
     SearchResult,
     auto_evolve,
+    evol_config,
     load_pool,
 )
 from instructforge.methods.evol_instruct import EvolError, write_summary
@@ -155,25 +156,30 @@ def auto_evol_cmd(
 
         if initial_method is not None:
             EvolvingMethod.load(initial_method)  # a bad file fails before any call
-        cfg = AutoEvolConfig(
+        # What the search shares with Evol-Instruct (and the final pass runs) ...
+        evol = evol_config(
             evol_llm=model(evol_model),
-            optimizer_llm=model(optimizer_model),
             response_llm=model(response_model or evol_model),
             judge_llm=model(judge_model or evol_model),
-            steps=steps, patience=patience, candidates=candidates,
-            trajectory_steps=trajectory_steps, batch_size=batch_size, dev_size=dev_size,
-            rounds=rounds, initial_method=str(initial_method) if initial_method else None,
-            seed=seed,
+            rounds=rounds, seed=seed,
             elimination=el.EliminationConfig.preset(
                 rules, [r for r in disabled if r in el.ALL_RULES]),
-            failures=FailureConfig(**{r: r not in disabled for r in PAPER_FAILURE_TYPES}),
             evol_temperature=evol_temperature, evol_max_tokens=evol_max_tokens,
-            optimizer_temperature=optimizer_temperature,
-            optimizer_max_tokens=optimizer_max_tokens, analysis_max_tokens=analysis_max_tokens,
             response_temperature=temperature, response_max_tokens=max_tokens,
             judge_max_tokens=judge_max_tokens, top_p=top_p, column=column,
             skip_invalid=skip_invalid, limit=limit, concurrency=concurrency,
             shared_cache=shared_cache,
+        )
+        # ... and what only the search has.
+        cfg = AutoEvolConfig(
+            evol=evol,
+            optimizer_llm=model(optimizer_model),
+            steps=steps, patience=patience, candidates=candidates,
+            trajectory_steps=trajectory_steps, batch_size=batch_size, dev_size=dev_size,
+            initial_method=str(initial_method) if initial_method else None,
+            failures=FailureConfig(**{r: r not in disabled for r in PAPER_FAILURE_TYPES}),
+            optimizer_temperature=optimizer_temperature,
+            optimizer_max_tokens=optimizer_max_tokens, analysis_max_tokens=analysis_max_tokens,
         )
         cfg.check()
         if dry_run:
@@ -193,6 +199,7 @@ def auto_evol_cmd(
 
 
 def _plan(input: str, n: int, cfg: AutoEvolConfig) -> dict[str, Any]:
+    e = cfg.evol
     dev = min(cfg.dev_size, n)
     per_dev = 3  # evolve, judge, respond
     per_step = (cfg.batch_size * cfg.trajectory_steps + cfg.batch_size + cfg.candidates
@@ -203,10 +210,11 @@ def _plan(input: str, n: int, cfg: AutoEvolConfig) -> dict[str, Any]:
         "dev_set": dev,
         "steps": cfg.steps,
         "candidates_per_step": cfg.candidates,
-        "models": f"evol={cfg.evol_llm.model} optimizer={cfg.optimizer_llm.model} "
-                  f"response={cfg.response_llm.model} judge={cfg.judge_llm.model}",
+        "models": f"evol={e.evol_llm.model} optimizer={cfg.optimizer_llm.model} "
+                  f"response={e.response_llm.model} judge={e.judge_llm.model}",
         "search_llm_calls_at_most": dev * per_dev + cfg.steps * per_step,
-        "evolution_llm_calls_at_most": n * cfg.rounds * 3,
+        "evolution_rounds": e.rounds,
+        "evolution_llm_calls_at_most": n * e.rounds * 3,
     }
 
 

@@ -22,7 +22,12 @@ calls of the unfinished one from ``RUN_DIR/cache.sqlite``. Finally e* is saved a
 ``RUN_DIR/methods/best/auto_evol.jinja`` and run as the single operation of
 :func:`instructforge.methods.evol_instruct.evolve` (responses, elimination, lineage).
 
->>> cfg = AutoEvolConfig(steps=2, candidates=3, dev_size=10, rounds=1)
+Auto Evol's own settings are fields of :class:`AutoEvolConfig`; everything it shares with
+Evol-Instruct (models, rounds, seed, elimination, sampling, input) is the embedded
+``AutoEvolConfig.evol``, an :class:`~instructforge.methods.evol_instruct.EvolConfig` whose
+defaults :func:`evol_config` gives, and which the final pass runs as it is.
+
+>>> cfg = AutoEvolConfig(steps=2, candidates=3, dev_size=10, evol=evol_config(rounds=1))
 >>> result = auto_evolve("examples/seeds.jsonl", "runs/auto", cfg)     # doctest: +SKIP
 >>> result.best.failure_rate                                          # doctest: +SKIP
 0.3
@@ -39,7 +44,7 @@ import random
 import re
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -602,72 +607,105 @@ def select_candidate(current: Score, candidates: Sequence[Score]) -> Selection:
 # --- configuration -------------------------------------------------------------------------
 
 
+# Auto Evol's defaults for what it shares with Evol-Instruct: small token caps, so a search
+# finishes in minutes on the embedded CPU model, and one final round.
+EVOL_DEFAULTS: dict[str, Any] = {"rounds": 1, "evol_max_tokens": 192,
+                                 "response_max_tokens": 128, "method": METHOD}
+
+# The fields of the embedded EvolConfig that the final pass sets itself (e* is its only
+# operation); the rest of the embedded config is run as it is.
+FINAL_PASS_FIELDS = ("operations", "ops_dir", "elimination", "method")
+
+
+def evol_config(**overrides: Any) -> EvolConfig:
+    """Evol-Instruct's config with Auto Evol-Instruct's defaults (see :data:`EVOL_DEFAULTS`),
+    then ``overrides``: what :class:`AutoEvolConfig` embeds as ``evol``. ``rounds`` is the
+    number of final Evol-Instruct rounds over the whole dataset with e* (0: search only).
+
+    >>> c = evol_config(seed=3)
+    >>> (c.rounds, c.evol_max_tokens, c.response_max_tokens, c.method, c.seed)
+    (1, 192, 128, 'auto_evol', 3)
+    """
+    return EvolConfig(**{**EVOL_DEFAULTS, **overrides})
+
+
 @dataclass
 class AutoEvolConfig:
     """Everything the search and the final evolution depend on (saved, secrets excluded).
+
+    ``evol`` is the Evol-Instruct config the two share: the evol, response and judge models,
+    ``rounds`` of the final pass (0: search only), ``seed``, ``elimination``, the evolving,
+    answer and judge sampling, the input (``column``, ``skip_invalid``, ``limit``),
+    ``concurrency`` and ``shared_cache``. The search reads them from it and the final pass
+    runs it, with e* as its only operation. The fields here are Auto Evol's own.
 
     The defaults are small so a search finishes in minutes on the embedded CPU model; with a
     real model raise the token caps (a four-section answer needs room) and the sizes.
     """
 
-    evol_llm: ModelConfig = field(default_factory=ModelConfig)
+    evol: EvolConfig = field(default_factory=evol_config)
     optimizer_llm: ModelConfig = field(default_factory=ModelConfig)
-    response_llm: ModelConfig = field(default_factory=ModelConfig)
-    judge_llm: ModelConfig = field(default_factory=ModelConfig)
     steps: int = 3  # optimization steps T
     patience: int = 2  # stop after this many steps in a row without improvement (0: never)
     candidates: int = 3  # m, optimizations sampled per step
     trajectory_steps: int = 2  # l, evolutions per trajectory
     batch_size: int = 3  # mini-batch of instructions whose trajectories are analysed
     dev_size: int = 10  # held-out dev set for the failure rate
-    rounds: int = 1  # Evol-Instruct rounds over the whole dataset with e* (0: search only)
     initial_method: str | None = None  # a method file; default: the universal e0
-    seed: int = 0
-    elimination: el.EliminationConfig = field(default_factory=el.EliminationConfig)
     failures: FailureConfig = field(default_factory=FailureConfig)
-    evol_temperature: float = 0.7
-    evol_max_tokens: int = 192
     optimizer_temperature: float = 0.7
     optimizer_max_tokens: int = 384
     analysis_max_tokens: int = 128
-    response_temperature: float = 0.7
-    response_max_tokens: int = 128
-    judge_max_tokens: int = 16
-    top_p: float = 1.0
-    column: str = "instruction"
-    skip_invalid: bool = False
-    limit: int | None = None
-    concurrency: int = 64
-    shared_cache: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain data, with the shared settings nested under ``evol``."""
         return json.loads(json.dumps(asdict(self)))
 
     def check(self) -> None:
+        if not isinstance(self.evol, EvolConfig):
+            raise AutoEvolError(f"evol must be an EvolConfig, got {type(self.evol).__name__}")
         for name in ("steps", "candidates", "trajectory_steps", "batch_size", "dev_size"):
             if getattr(self, name) < 1:
                 raise AutoEvolError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.rounds < 0 or self.patience < 0:
+        # rounds 0 is valid here (search only): the final pass, whose EvolChain wants >= 1,
+        # is then never run.
+        if self.evol.rounds < 0 or self.patience < 0:
             raise AutoEvolError("rounds and patience must be >= 0")
+        e = self.evol
+        if e.operations is not None or e.ops_dir is not None or e.weights:
+            raise AutoEvolError("evol.operations, evol.ops_dir and evol.weights must be left "
+                                "unset: the final pass's only operation is the best method "
+                                "found")
+        if e.executor != "local":
+            raise AutoEvolError(f"evol.executor must be 'local', got {e.executor!r}: the final "
+                                "pass runs e* through an in-process sections parser")
 
     def search_key(self) -> dict[str, Any]:
-        """The settings a saved search depends on: a rerun with other values would mix two
-        searches in one directory, so it is refused."""
+        """The settings a saved search depends on, flat (the shared ones read from ``evol``):
+        a rerun with other values would mix two searches in one directory, so it is
+        refused."""
         d = self.to_dict()
         keep = ("evol_llm", "optimizer_llm", "response_llm", "judge_llm", "candidates",
                 "trajectory_steps", "batch_size", "dev_size", "seed", "elimination", "failures",
                 "evol_temperature", "evol_max_tokens", "optimizer_temperature",
                 "optimizer_max_tokens", "analysis_max_tokens", "response_temperature",
                 "response_max_tokens", "judge_max_tokens", "top_p", "column", "limit")
-        return {k: d[k] for k in keep}
+        return {k: d[k] if k in d else d["evol"][k] for k in keep}
 
     def elimination_for_auto_evol(self) -> el.EliminationConfig:
         """Evol-Instruct's rules, with rule 4 also catching this method's section names."""
+        elimination = self.evol.elimination
         patterns = tuple(dict.fromkeys(
-            (*self.elimination.evolving_prompt_patterns, *AUTO_EVOL_PROMPT_PATTERNS)
+            (*elimination.evolving_prompt_patterns, *AUTO_EVOL_PROMPT_PATTERNS)
         ))
-        return el.EliminationConfig(**{**asdict(self.elimination),
+        return el.EliminationConfig(**{**asdict(elimination),
                                        "evolving_prompt_patterns": patterns})
+
+    def final_pass(self, ops_dir: str | Path) -> EvolConfig:
+        """The Evol-Instruct config of the final pass: ``evol`` with e* (the ``auto_evol``
+        operation in ``ops_dir``) as its only operation and this method's elimination."""
+        return replace(self.evol, operations=[OPERATION], ops_dir=str(ops_dir),
+                       elimination=self.elimination_for_auto_evol(), method=METHOD)
 
 
 @dataclass
@@ -681,8 +719,9 @@ class SearchModels:
 
     @classmethod
     def build(cls, cfg: AutoEvolConfig, api_key: str | None = None) -> SearchModels:
-        return cls(*build_roles([cfg.evol_llm, cfg.optimizer_llm, cfg.response_llm,
-                                 cfg.judge_llm], api_key))
+        e = cfg.evol
+        return cls(*build_roles([e.evol_llm, cfg.optimizer_llm, e.response_llm, e.judge_llm],
+                                api_key))
 
     def distinct(self) -> list[LLM]:
         return distinct([self.evol, self.optimizer, self.response, self.judge])
@@ -821,16 +860,16 @@ class MethodSearch:
                 f"{cfg.dev_size + cfg.batch_size} instructions, or lower --dev-size / "
                 f"--batch-size (e.g. --dev-size {max(1, len(self.pool) - cfg.batch_size)})"
             )
-        rng = random.Random(stable_seed(cfg.seed, "dev_set"))
+        rng = random.Random(stable_seed(cfg.evol.seed, "dev_set"))
         self.dev = sorted(rng.sample(self.pool, cfg.dev_size), key=lambda x: x.id)
         dev_ids = {d.id for d in self.dev}
         self.train = [x for x in self.pool if x.id not in dev_ids]
 
     # -- LLM calls -----------------------------------------------------------------------
     def _evol_params(self, *seed_parts: object) -> SamplingParams:
-        c = self.cfg
-        return SamplingParams(c.evol_temperature, c.top_p, c.evol_max_tokens,
-                              stable_seed(c.seed, *seed_parts))
+        e = self.cfg.evol
+        return SamplingParams(e.evol_temperature, e.top_p, e.evol_max_tokens,
+                              stable_seed(e.seed, *seed_parts))
 
     async def _evolve(self, ctx: Context, method: EvolvingMethod, text: str, step: str,
                       *seed_parts: object) -> tuple[str, MethodOutput, Completion]:
@@ -862,8 +901,8 @@ class MethodSearch:
         prompt = render_prompt("trajectory_analysis.jinja", stages=traj["stages"])
         out = await ctx.chat(
             self.models.optimizer, [{"role": "user", "content": prompt}],
-            SamplingParams(c.optimizer_temperature, c.top_p, c.analysis_max_tokens,
-                           stable_seed(c.seed, "analysis", k, traj["id"])),
+            SamplingParams(c.optimizer_temperature, c.evol.top_p, c.analysis_max_tokens,
+                           stable_seed(c.evol.seed, "analysis", k, traj["id"])),
             step="analysis",
         )
         return {"id": traj["id"], "feedback": parse_feedback(out.text), "raw": out.text}
@@ -875,8 +914,8 @@ class MethodSearch:
         out = await ctx.chat(
             self.models.optimizer, [{"role": "user", "content": prompt}],
             # Distinct seeds: the m samples must differ.
-            SamplingParams(c.optimizer_temperature, c.top_p, c.optimizer_max_tokens,
-                           stable_seed(c.seed, "optimize", k, j)),
+            SamplingParams(c.optimizer_temperature, c.evol.top_p, c.optimizer_max_tokens,
+                           stable_seed(c.evol.seed, "optimize", k, j)),
             step="optimize",
         )
         body = parse_optimized_method(out.text)
@@ -891,7 +930,7 @@ class MethodSearch:
         return list(await asyncio.gather(*[self._evaluate_one(ctx, method, x) for x in self.dev]))
 
     async def _evaluate_one(self, ctx: Context, method: EvolvingMethod, x: Instr) -> DevResult:
-        c, rules = self.cfg, self.rules
+        e, rules = self.cfg.evol, self.rules
         raw, parsed, out = await self._evolve(ctx, method, x.text, "dev_evolve", "dev", x.id,
                                               "evolve")
         if parsed.instruction is None:
@@ -907,24 +946,25 @@ class MethodSearch:
             return DevResult(x.id, x.text, raw, child, parsed.section, None, findings)
         reply = await ctx.chat(
             self.models.response, [{"role": "user", "content": child}],
-            SamplingParams(c.response_temperature, c.top_p, c.response_max_tokens,
-                           stable_seed(c.seed, "dev", x.id, "respond")),
+            SamplingParams(e.response_temperature, e.top_p, e.response_max_tokens,
+                           stable_seed(e.seed, "dev", x.id, "respond")),
             step="dev_respond",
         )
         answer = reply.text.strip()
         truncated = reply.finish_reason == "length"
         findings += el.check_response(answer, rules, truncated=truncated)
-        findings.extend(paper_failure_types(answer, truncated=truncated, config=c.failures))
+        findings.extend(paper_failure_types(answer, truncated=truncated,
+                                            config=self.cfg.failures))
         return DevResult(x.id, x.text, raw, child, parsed.section, answer, findings)
 
     def _judge(self, ctx: Context) -> el.Judge:
         """The dev-set judge, asked exactly as Evol-Instruct asks it (greedy, constrained)."""
-        c = self.cfg
+        e = self.cfg.evol
 
         async def ask(prompt: str, choices: tuple[str, ...]) -> str:
             out = await ctx.chat(
                 self.models.judge, [{"role": "user", "content": prompt}],
-                SamplingParams(0.0, 1.0, c.judge_max_tokens, c.seed, choices=choices),
+                SamplingParams(0.0, 1.0, e.judge_max_tokens, e.seed, choices=choices),
                 step="dev_judge",
             )
             return out.text
@@ -1020,7 +1060,7 @@ class MethodSearch:
         cfg = self.cfg
         d = self._step_dir(k)
         current = EvolvingMethod.load(self.root / current_rec.method)
-        rng = random.Random(stable_seed(cfg.seed, "batch", k))
+        rng = random.Random(stable_seed(cfg.evol.seed, "batch", k))
         batch = rng.sample(self.train, min(cfg.batch_size, len(self.train)))
 
         self.log(f"step {k}: evolving {len(batch)} trajectories of {cfg.trajectory_steps} "
@@ -1096,8 +1136,9 @@ async def _nothing() -> list[DevResult]:
 
 def load_pool(input_path: str | Path, cfg: AutoEvolConfig) -> list[Instr]:
     """The valid input instructions (bad rows raise :class:`InputError` unless skipped)."""
-    source = InstructionSource(input_path, column=cfg.column, skip_invalid=cfg.skip_invalid,
-                               limit=cfg.limit)
+    e = cfg.evol
+    source = InstructionSource(input_path, column=e.column, skip_invalid=e.skip_invalid,
+                               limit=e.limit)
     source.validate()
     return [Instr(r["id"], instruction(r)) for r in source if r.get("status") != "rejected"]
 
@@ -1123,7 +1164,7 @@ def search(
 async def _run_search(searcher: MethodSearch, run_dir: Path, cfg: AutoEvolConfig) -> SearchResult:
     await preflight(searcher.models.distinct())
     cache = RequestCache(RunDir(run_dir).cache)
-    shared = RequestCache(Path(cfg.shared_cache)) if cfg.shared_cache else None
+    shared = RequestCache(Path(cfg.evol.shared_cache)) if cfg.evol.shared_cache else None
     ctx = Context(cache, shared)
     try:
         result = await searcher.run(ctx)
@@ -1157,7 +1198,7 @@ def auto_evolve(
     progress: bool = True,
     log: Any = None,
 ) -> AutoEvolResult:
-    """Search for e*, then evolve the whole dataset with it for ``config.rounds`` rounds.
+    """Search for e*, then evolve the whole dataset with it for ``config.evol.rounds`` rounds.
 
     The second part *is* Evol-Instruct (:func:`~instructforge.methods.evol_instruct.evolve`)
     with e* as its only operation and the evol backend wrapped in :class:`SectionsLLM`, so
@@ -1166,20 +1207,16 @@ def auto_evolve(
     cfg = config or AutoEvolConfig()
     models = models or SearchModels.build(cfg, api_key)
     found = search(input_path, run_dir, cfg, models=models, api_key=api_key, log=log)
-    if cfg.rounds == 0:
+    if cfg.evol.rounds == 0:
         return AutoEvolResult(found, None)
-    evol_cfg = EvolConfig(
-        evol_llm=cfg.evol_llm, response_llm=cfg.response_llm, judge_llm=cfg.judge_llm,
-        rounds=cfg.rounds, operations=[OPERATION], ops_dir=str(found.best_path.parent),
-        seed=cfg.seed, elimination=cfg.elimination_for_auto_evol(),
-        evol_temperature=cfg.evol_temperature, evol_max_tokens=cfg.evol_max_tokens,
-        response_temperature=cfg.response_temperature,
-        response_max_tokens=cfg.response_max_tokens, judge_max_tokens=cfg.judge_max_tokens,
-        top_p=cfg.top_p, column=cfg.column, skip_invalid=cfg.skip_invalid, limit=cfg.limit,
-        concurrency=cfg.concurrency, shared_cache=cfg.shared_cache, method="auto_evol",
-    )
+    evol_cfg = cfg.final_pass(found.best_path.parent)
+    # config.yaml records the whole Auto Evol config (the shared part nested under `evol:`)
+    # and what the final pass set in it.
+    record = {**cfg.to_dict(),
+              "final_pass": {k: v for k, v in evol_cfg.to_dict().items()
+                             if k in FINAL_PASS_FIELDS}}
     wrapper = SectionsLLM(models.evol, found.best_path.parent / "evolutions.jsonl")
     job = evolve(input_path, run_dir, evol_cfg,
                  models=Models(evol=wrapper, response=models.response, judge=models.judge),
-                 progress=progress)
+                 progress=progress, run_config=record)
     return AutoEvolResult(found, job)

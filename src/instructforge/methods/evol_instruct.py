@@ -413,14 +413,18 @@ def evolve(
     models: Models | None = None,
     api_key: str | None = None,
     progress: bool = True,
+    run_config: dict[str, Any] | None = None,
 ) -> JobResult:
     """Evolve every seed in ``input_path`` for ``config.rounds`` rounds into ``run_dir``.
 
     Resumable: rerunning the same call after a crash skips finished chains and replays the
     finished LLM calls of unfinished ones from the run's request cache. Writes
-    ``summary.json`` at the end.
+    ``summary.json`` at the end. ``config.yaml`` records ``config`` unless ``run_config``
+    is given (Auto Evol-Instruct records its own config, which embeds this one).
     """
     cfg = config or EvolConfig()
+    recorded = {"input": str(input_path), **(cfg.to_dict() if run_config is None
+                                             else run_config)}
     ops = load_operations(cfg.ops_dir)
     select_operations(ops, cfg.operations, cfg.weights)
     source = InstructionSource(
@@ -437,7 +441,7 @@ def evolve(
             source,
             run_dir,
             functools.partial(evol_job, cfg, api_key),
-            config={"input": str(input_path), **cfg.to_dict()},
+            config=recorded,
             shards=cfg.shards,
             executor=cfg.executor,
             concurrency=cfg.concurrency,
@@ -453,7 +457,7 @@ def evolve(
         source,
         chain,
         run_dir,
-        config={"input": str(input_path), **cfg.to_dict()},
+        config=recorded,
         total=total,
         concurrency=cfg.concurrency,
         progress=progress,
