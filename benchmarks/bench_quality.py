@@ -134,7 +134,8 @@ def print_accuracy(res: dict[str, Any], n: int, n_valid: int) -> None:
     for preset in ("paper", "all"):
         r = res[preset]
         p = "-" if r["precision"] is None else f"{r['precision']:.3f}"
-        print(f"  {preset:<6} {r['kept']:>5} {p:>9} {r['recall']:>7.3f} "
+        rc = "-" if r["recall"] is None else f"{r['recall']:.3f}"
+        print(f"  {preset:<6} {r['kept']:>5} {p:>9} {rc:>7} "
               f"{r['judge_verdicts']:>8} {r['unreadable']:>10}")
         for src, s in r["by_source"].items():
             sp = "-" if s["precision"] is None else f"{s['precision']:.3f}"
