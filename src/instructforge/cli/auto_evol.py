@@ -44,7 +44,8 @@ from instructforge.methods.auto_evol import (
 from instructforge.methods.evol_instruct import EvolError, write_summary
 from instructforge.methods.respond import ModelConfig
 
-_SPEC_HELP = ("Model spec: 'embedded' (SmolLM2 on CPU), a .gguf path, 'openai:MODEL@URL', "
+_SPEC_HELP = ("Model spec: 'embedded' (SmolLM2-135M on CPU, a smoke-test model), "
+              "'embedded:qwen2.5-coder-1.5b' (stronger, CPU), a .gguf path, 'openai:MODEL@URL', "
               "'openai:MODEL' (OPENAI_BASE_URL), or a model name on --base-url.")
 _RULES = (*el.ALL_RULES, *PAPER_FAILURE_TYPES)
 

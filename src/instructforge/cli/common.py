@@ -75,7 +75,8 @@ ModelOpt = Annotated[
     typer.Option(
         "--model",
         "-m",
-        help="Model spec: 'embedded' (default, SmolLM2 on CPU), a .gguf path, "
+        help="Model spec: 'embedded' (default, SmolLM2-135M on CPU, a smoke-test model), "
+        "'embedded:qwen2.5-coder-1.5b' (stronger, CPU; bash scripts/install.sh qwen), a .gguf path, "
         "'openai:MODEL@URL', 'openai:MODEL' (uses OPENAI_BASE_URL), or the model name on "
         "--base-url.",
     ),
