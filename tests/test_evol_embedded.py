@@ -65,3 +65,41 @@ def test_evolve_command_end_to_end(embedded_llm, tmp_path):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["total"]["attempted"] == 4
     assert rd.parquet.exists()
+
+
+def test_elimination_judges_always_answer_one_of_their_choices(embedded_llm):
+    """Every judge question of the elimination, asked of the real model with its choice
+    constraint over llama.cpp: no verdict is unreadable, every answer is a choice."""
+    from instructforge.engine import Context
+    from instructforge.methods import eliminate as el
+
+    cases = [
+        ("Name three uses of copper.", "Name three uses of copper in electronics, with one "
+         "example product for each.", "add_constraints"),
+        ("What is 12 times 8?", "If 12 is multiplied by 8 the result is 96, which is even.",
+         "deepening"),
+        ("Explain photosynthesis.", "Explain photosynthesis.\n", "concretizing"),
+        ("Sort these numbers: 5, 2, 9.", "Write a haiku about the sea.", "increased_reasoning_steps"),
+        ("Describe a cat.", "Describe a rare breed of cat and its temperament.", "in_breadth"),
+    ]
+    ctx = Context(None)
+    answers: list[tuple[str, tuple[str, ...], str]] = []
+
+    async def ask(prompt: str, choices: tuple[str, ...]) -> str:
+        out = await ctx.chat(embedded_llm, [{"role": "user", "content": prompt}],
+                             SamplingParams(0.0, 1.0, 8, 0, choices=choices), step="judge")
+        answers.append((out.text, choices, out.extra.get("constraint")))
+        return out.text
+
+    async def run_all():
+        return await asyncio.gather(*[
+            el.check_instruction(p, c, ask, el.EliminationConfig(), operation=op)
+            for p, c, op in cases])
+
+    results = asyncio.run(run_all())
+    assert len(answers) >= 4  # at least the equality question of each non-copy
+    for text, choices, constraint in answers:
+        assert text in choices and constraint == "native"
+    assert sum(el.unreadable_verdicts([f.to_dict() for f in fs]) for fs in results) == 0
+    # The word-for-word copy is Equal without asking.
+    assert el.first_fired(results[2]).rule == el.NO_INFORMATION_GAIN
