@@ -10,6 +10,9 @@ why (see benchmarks/data/README.md).
     python benchmarks/collect_evolutions.py --model embedded --seeds 70 -o /tmp/smol.jsonl
     python benchmarks/collect_evolutions.py --model embedded:qwen2.5-coder-1.5b \
         --seeds 70 --offset 70 -o /tmp/qwen.jsonl
+    # a second round: evolve children again (JSONL of {"id", "instruction"})
+    python benchmarks/collect_evolutions.py --model embedded:qwen2.5-coder-1.5b \
+        --parents /tmp/children.jsonl -o /tmp/qwen-r2.jsonl
 """
 
 from __future__ import annotations
@@ -45,7 +48,11 @@ async def collect(args: argparse.Namespace) -> list[dict[str, Any]]:
     llm = make_llm(args.model)
     ops = load_operations()
     names = sorted(ops)
-    seeds = seed_texts(Path(args.input))[args.offset : args.offset + args.seeds]
+    if args.parents:
+        seeds = [(r["id"], r["instruction"]) for r in map(json.loads, Path(args.parents)
+                 .read_text(encoding="utf-8").splitlines())]
+    else:
+        seeds = seed_texts(Path(args.input))[args.offset : args.offset + args.seeds]
     sem = asyncio.Semaphore(args.concurrency)
 
     async def one(seed_id: str, parent: str) -> dict[str, Any]:
@@ -83,6 +90,8 @@ def main() -> None:
     ap.add_argument("--input", default=str(SHARED_SEEDS))
     ap.add_argument("--seeds", type=int, default=70)
     ap.add_argument("--offset", type=int, default=0)
+    ap.add_argument("--parents", default=None, help="JSONL of {id, instruction} to evolve "
+                    "instead of the seed tasks (e.g. kept children, for a second round)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--evol-max-tokens", type=int, default=256)
     ap.add_argument("--max-tokens", type=int, default=192)
