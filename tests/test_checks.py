@@ -139,6 +139,41 @@ def test_lost_the_task_fires_on_no_and_not_on_yes():
     assert not lost_the_task("Yes").fired
 
 
+@pytest.mark.parametrize("parent,child", [
+    # Seen from Qwen2.5-Coder-1.5B: the "harder" child refers to an input it no longer has.
+    ("Sort the given list ascendingly.\nList: [10, 2, 5, -4, 92, 101]",
+     "Sort the given list in ascending order, ensuring that the list contains only unique "
+     "elements."),
+    ("Translate this sentence into any Arabic dialect and say what dialect it is.\n"
+     "The beautiful ones are not yet born",
+     "Translate this sentence from any Arabic dialect and specify which dialect it is, then "
+     "explain the process."),
+])
+def test_lost_the_task_fires_without_a_judge_when_the_input_is_gone(parent, child):
+    f = lost_the_task(None, "add_constraints", parent=parent, child=child)
+    assert f.fired and f.evidence["signal"] == "input_dropped"
+
+
+@pytest.mark.parametrize("parent,child", [
+    ("Sort the given list ascendingly.\nList: [10, 2, 5, -4, 92, 101]",
+     "Sort this list ascendingly and say how many swaps bubble sort needs: "
+     "[10, 2, 5, -4, 92, 101]"),
+    ("Write a recommendation letter given the student's achievement.\nAchievement:\n"
+     "- GPA 3.8\n- Excellent TA in the deep learning class\n- One paper with high impact",
+     "Write a detailed recommendation letter for a student with a GPA of 3.8 who was an "
+     "excellent TA in the deep learning class and has one paper with high impact."),
+    ("Name three fruits.", "Name three tropical fruits and where they grow."),  # no input
+])
+def test_lost_the_task_keeps_a_child_that_kept_the_input(parent, child):
+    assert not lost_the_task(None, "add_constraints", parent=parent, child=child).fired
+
+
+def test_lost_the_task_input_check_skips_in_breadth():
+    f = lost_the_task(None, "in_breadth", parent="Sort the list.\nList: [10, 2, 5, 92]",
+                      child="Write a haiku about autumn.")
+    assert not f.fired
+
+
 def test_lost_the_task_is_not_asked_of_in_breadth_children():
     f = lost_the_task(None, "in_breadth")
     assert not f.fired and f.evidence["operation"] == "in_breadth"

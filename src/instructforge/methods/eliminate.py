@@ -16,8 +16,9 @@ four alone), for failures small models make that the four rules let through:
 - :func:`degenerate_repetition` - the instruction repeats itself;
 - :func:`not_an_instruction` - the child answers, solves or comments on its parent instead
   of asking something (cheap phrase signals, then a constrained LLM verdict);
-- :func:`lost_the_task` - the child drops its parent's question or input (a constrained LLM
-  verdict; not asked of in-breadth children, which are new tasks by design).
+- :func:`lost_the_task` - the child drops its parent's input (cheap word overlap) or its
+  question (a constrained LLM verdict); not checked for in-breadth children, which are new
+  tasks by design.
 
 :func:`check_instruction` and :func:`check_response` run them in one order for every caller
 (Evol-Instruct and Auto Evol-Instruct alike).
@@ -608,16 +609,49 @@ def not_an_instruction(child: str, judge_text: str | None,
     return Finding(NOT_AN_INSTRUCTION, False, "judge says the child is an instruction", evidence)
 
 
-def lost_the_task(judge_text: str | None, operation: str | None = None) -> Finding:
-    """The child drops its parent's question or input (the judge answers "No" to "does it
-    still ask for the original task?"). In-breadth children are new tasks by design, so the
-    check is skipped for them (``judge_text`` None).
+def parent_input(parent: str, min_words: int = 2) -> list[str]:
+    """The content words of the parent's *input*: the lines after its first line (seed
+    tasks carry their input that way), or [] when it has no input of ``min_words``+ words.
+
+    >>> parent_input("Sort the list.\\nList: [10, 2, 5, 92]")
+    ['list', '10', '2', '5', '92']
+    >>> parent_input("Name three fruits.")
+    []
+    """
+    first, _, rest = parent.strip().partition("\n")
+    stops = stop_word_set()
+    found = list(dict.fromkeys(w for w in words(rest) if w not in stops))
+    return found if len(found) >= min_words else []
+
+
+def lost_the_task(judge_text: str | None, operation: str | None = None, *,
+                  parent: str = "", child: str = "", min_input_share: float = 0.25) -> Finding:
+    """The child drops its parent's question or input.
+
+    Fires without asking when the parent has an input (lines after its first) and the child
+    keeps less than ``min_input_share`` of its content words (the list to sort, the
+    paragraph to summarise is gone); else on the judge's "No" to "does it still ask for the
+    original task?". In-breadth children are new tasks by design: ``judge_text`` None and
+    ``operation`` "in_breadth" means not checked.
 
     >>> lost_the_task("No").fired, lost_the_task("Yes").fired
     (True, False)
+    >>> lost_the_task(None, "deepening", parent="Sort the list.\\nList: [10, 2, 5, 92]",
+    ...               child="Sort the given list, keeping only unique items.").fired
+    True
     """
+    given = parent_input(parent) if operation not in NEW_TASK_OPERATIONS else []
+    if given:
+        kept = set(words(child)) & set(given)
+        share = len(kept) / len(given)
+        if share < min_input_share:
+            return Finding(LOST_THE_TASK, True,
+                           f"the child keeps {share:.0%} of the parent's input",
+                           {"signal": "input_dropped", "input_words": given[:20],
+                            "input_kept_share": round(share, 3), "judge": None,
+                            "operation": operation})
     if judge_text is None:
-        return Finding(LOST_THE_TASK, False, f"not checked for operation {operation!r}",
+        return Finding(LOST_THE_TASK, False, f"judge not asked (operation {operation!r})",
                        {"judge": None, "operation": operation})
     label = read_choice(judge_text, TASK_CHOICES)
     evidence = {"judge": judge_text[:300], "verdict": label, "operation": operation}
@@ -704,12 +738,12 @@ async def check_instruction(
         if add(not_an_instruction(child, text, config.answer_openings)):
             return findings
     if config.lost_the_task:
-        if operation in NEW_TASK_OPERATIONS:
-            add(lost_the_task(None, operation))
-        else:
-            text = await judge(render_judge("task_judge.jinja", parent, child), TASK_CHOICES)
-            if add(lost_the_task(text, operation)):
-                return findings
+        cheap = lost_the_task(None, operation, parent=parent, child=child)
+        if cheap.fired or operation in NEW_TASK_OPERATIONS:
+            add(cheap)
+            return findings
+        text = await judge(render_judge("task_judge.jinja", parent, child), TASK_CHOICES)
+        add(lost_the_task(text, operation))
     return findings
 
 
