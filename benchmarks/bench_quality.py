@@ -99,10 +99,14 @@ async def accuracy(triples: list[dict[str, Any]], spec: str, cache_dir: Path,
             dicts = [[f.to_dict() for f in fs] for fs in results]
             asked = sum(1 for fs in dicts for f in fs if (f.get("evidence") or {}).get("judge"))
             fired = Counter(el.first_fired(f).rule for f in results if el.first_fired(f))
+            # Per evolving model, and per split: "design" triples were read while the checks
+            # were written, "holdout" ones were collected and labelled after.
+            groups = sorted({t["model"] for t in triples} | {t["split"] for t in triples})
             by_source = {
-                src: scores([t for t in triples if t["model"] == src],
-                            [k for t, k in zip(triples, kept, strict=True) if t["model"] == src])
-                for src in sorted({t["model"] for t in triples})
+                g: scores([t for t in triples if g in (t["model"], t["split"])],
+                          [k for t, k in zip(triples, kept, strict=True)
+                           if g in (t["model"], t["split"])])
+                for g in groups
             }
             out[preset] = {
                 **scores(triples, kept),
