@@ -18,6 +18,7 @@ from rich.table import Table
 from instructforge.engine import JobAborted
 from instructforge.inputs import InputError
 from instructforge.llm import LLMError
+from instructforge.llm.urls import redact_urls
 
 app = typer.Typer(
     name="instructforge",
@@ -158,10 +159,10 @@ def handle_errors(fn: F) -> F:
 
 
 def print_plan(plan: dict[str, Any]) -> None:
-    """The ``--dry-run`` report."""
+    """The ``--dry-run`` report (server URLs without their credentials)."""
     t = Table(title="Dry run: nothing was called", show_header=False)
     for k, v in plan.items():
-        t.add_row(k.replace("_", " "), f"{v:,}" if isinstance(v, int) else str(v))
+        t.add_row(k.replace("_", " "), f"{v:,}" if isinstance(v, int) else redact_urls(str(v)))
     out.print(t)
 
 

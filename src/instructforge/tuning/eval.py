@@ -29,6 +29,7 @@ from typing import Any
 
 from instructforge.engine import Context, run_job
 from instructforge.llm import LLM, SamplingParams, make_llm
+from instructforge.llm.urls import redact_urls
 from instructforge.records import Record, new_record, stable_id, stable_seed
 from instructforge.tuning import gsm8k, humaneval, judge
 from instructforge.tuning.hf_llm import HFModel, is_hf_model_dir
@@ -296,8 +297,10 @@ def evaluate(
     results = {
         "task": cfg.task,
         "data": str(cfg.data or BUILTIN_DATA[cfg.task]),
-        "models": {k: {"spec": getattr(cfg, k), "id": m.model_id} for k, m in models.items()},
-        "judge": {"spec": cfg.judge_model, "id": judge_llm.model_id} if judge_llm else None,
+        "models": {k: {"spec": redact_urls(getattr(cfg, k)), "id": m.model_id}
+                   for k, m in models.items()},
+        "judge": ({"spec": redact_urls(cfg.judge_model), "id": judge_llm.model_id}
+                  if judge_llm else None),
         "questions": len(inputs),
         "evaluated": len(done),
         "failed": job.failed,
