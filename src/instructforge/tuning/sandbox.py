@@ -108,7 +108,7 @@ def _probe(bwrap: str, python: str) -> str | None:
     if res.returncode != 0:
         why = res.stderr.decode("utf-8", "replace").strip()[-500:] or f"exit {res.returncode}"
         return (f"{bwrap} cannot create a sandbox on this machine ({why}); it needs user "
-                "namespaces (or a setuid bwrap)")
+                "namespaces, which this system or container does not allow")
     return None
 
 
