@@ -7,6 +7,7 @@ import json
 from typer.testing import CliRunner
 
 from instructforge.cli import app
+from instructforge.devserver import DevServer
 from instructforge.engine import RunDir
 
 runner = CliRunner()
@@ -105,3 +106,52 @@ def test_models_lists_the_embedded_model_and_a_servers_models(dev_server):
     res = runner.invoke(app, ["models", "--base-url", dev_server.url], terminal_width=300)
     assert res.exit_code == 0, res.output
     assert "SmolLM2-135M-Instruct" in res.output and "dev" in res.output
+
+
+# Model text that would set the window title, clear the screen, ring, overwrite the line and
+# reorder text, with rich markup in it.
+HOSTILE = ("Explain tides\x1b]0;pwned\x07 to a child.\x1b[2J\x1b[31m Use\rOVERWRITE "
+           "\x9b1m\u202eright-to-left [bold red]markup[/bold red] two short sentences please.")
+
+
+def assert_shown_escaped(output: str, *also: str) -> None:
+    for raw in ("\x1b", "\x07", "\r", "\x9b", "\u202e"):
+        assert raw not in output
+    unwrapped = output.replace("\n", "")
+    for shown in ("\\u001b]0;pwned\\u0007", "\\u001b[2J", "\\u009b", "\\u202e",
+                  "[bold red]markup[/bold red]", *also):
+        assert shown in unwrapped, shown
+
+
+def test_magpie_show_prints_model_text_with_control_characters_escaped(tmp_path):
+    with DevServer(answer=HOSTILE) as srv:
+        res = runner.invoke(app, ["magpie", "-n", "1", "-o", str(tmp_path / "run"),
+                                  "--base-url", srv.url, "-m", "dev", "--template", "chatml",
+                                  "--language", "any", "--no-progress", "--show", "1"],
+                            terminal_width=400)
+    assert res.exit_code == 0, res.output
+    assert "Explain tides" in res.output  # the sample was printed
+    assert_shown_escaped(res.output, "\\u000dOVERWRITE")
+
+
+def test_lineage_prints_model_text_with_control_characters_escaped(tmp_path):
+    run = tmp_path / "run"
+    with DevServer(answer=HOSTILE) as srv:
+        res = runner.invoke(app, ["evolve", str(seeds(tmp_path, 1)), "-o", str(run),
+                                  "--base-url", srv.url, "--evol-model", "dev",
+                                  "--response-model", "dev", "--judge-model", "dev",
+                                  "--rounds", "1", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    seed_id = next(RunDir(run).kept())["lineage"]["seed_id"]
+    child = f"{seed_id}-r1"
+    text = runner.invoke(app, ["lineage", str(run), child, "--width", "400"],
+                         terminal_width=600)
+    assert text.exit_code == 0, text.output
+    assert "Explain tides" in text.output
+    assert_shown_escaped(text.output)  # (a CR is whitespace there, shown as a space)
+    as_json = runner.invoke(app, ["lineage", str(run), child, "--json"], terminal_width=600)
+    assert as_json.exit_code == 0, as_json.output
+    for raw in ("\x1b", "\x07", "\r", "\x9b", "\u202e"):
+        assert raw not in as_json.output
+    shown = json.loads(as_json.output)["lineage"]["history"][-1]
+    assert shown.startswith("Explain tides\x1b]0;pwned\x07")  # the JSON keeps the exact text

@@ -134,6 +134,51 @@ def test_config_yaml_never_holds_the_api_key(tmp_path, dev_server):
             assert b"sk-topsecret" not in f.read_bytes(), f
 
 
+SECRETS = (b"S3CRETPASS", b"S3CRETKEY")
+
+
+def secret_url(srv: DevServer) -> str:
+    return f"http://user:S3CRETPASS@127.0.0.1:{srv.port}/v1?api_key=S3CRETKEY"
+
+
+@pytest.mark.parametrize("command", [
+    ["respond", "{seeds}", "--base-url", "{url}", "-m", "dev", "--no-progress"],
+    ["respond", "{seeds}", "--base-url", "{url}", "-m", "dev", "--dry-run"],
+    ["evolve", "{seeds}", "--base-url", "{url}", "--evol-model", "dev", "--response-model",
+     "dev", "--judge-model", "dev", "--rounds", "1", "--no-progress"],
+    ["magpie", "-n", "2", "--base-url", "{url}", "-m", "dev", "--template", "chatml",
+     "--no-progress"],
+    ["auto-evol", "{seeds}", "--evol-model", "openai:dev@{url}", "--optimizer-model",
+     "openai:dev@{url}", "--steps", "1", "-m", "1", "--dev-size", "2", "--batch-size", "2",
+     "--rounds", "1", "--patience", "0", "--no-progress"],
+    ["eval", "--task", "gsm8k", "--model", "openai:dev@{url}", "--limit", "2", "--no-progress"],
+    ["models", "--base-url", "{url}"],
+], ids=lambda c: "-".join(c[:1] + [a for a in c if a == "--dry-run"]))
+def test_credentials_in_the_server_url_never_reach_disk_or_the_terminal(
+    tmp_path, monkeypatch, command
+):
+    from typer.testing import CliRunner
+
+    from instructforge.cli import app
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    run = tmp_path / "run"
+    with DevServer() as srv:
+        args = [a.format(seeds=seeds(tmp_path, 6), url=secret_url(srv)) for a in command]
+        if command[0] != "models":
+            args += ["-o", str(run)]
+        res = CliRunner().invoke(app, args, terminal_width=300)
+        assert res.exit_code == 0, res.output
+        assert srv.served > 0 or "--dry-run" in command or command[0] == "models"
+    for secret in SECRETS:
+        assert secret.decode() not in res.output
+        for f in tmp_path.rglob("*"):
+            if f.is_file():
+                assert secret not in f.read_bytes(), f
+    if "--dry-run" not in command and command[0] != "models":
+        assert b"127.0.0.1" in (run / "config.yaml").read_bytes()  # the URL is still there
+
+
 @pytest.mark.slow
 def test_resume_after_sigkill_loses_nothing_duplicates_nothing_repeats_no_finished_call(tmp_path):
     n = 60

@@ -95,3 +95,21 @@ def test_concurrency_is_bounded():
 def test_api_key_is_not_in_the_description():
     llm = OpenAICompatible("http://127.0.0.1:1/v1", "m", "sk-secret")
     assert "sk-secret" not in repr(llm.describe())
+
+
+def test_credentials_in_the_url_are_used_but_never_shown():
+    with DevServer() as srv:
+        url = f"http://user:S3CRETPASS@127.0.0.1:{srv.port}/v1?api_key=S3CRETKEY&api-version=2"
+        llm = fast(url)
+        # The query travels with every request path (it used to be cut into the path).
+        assert asyncio.run(llm.chat(MSG, P)).text == srv.answer
+    shown = repr((llm.base_url, llm.model_id, llm.describe()))
+    assert "S3CRET" not in shown
+    assert f"127.0.0.1:{srv.port}/v1?api-version=2" in shown
+
+
+def test_a_failed_request_names_the_server_without_its_credentials():
+    llm = fast("http://user:S3CRETPASS@127.0.0.1:9/v1?token=S3CRETKEY", max_retries=0)
+    with pytest.raises(LLMError) as err:
+        asyncio.run(llm.chat(MSG, P))
+    assert "127.0.0.1:9" in str(err.value) and "S3CRET" not in str(err.value)

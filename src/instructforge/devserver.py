@@ -81,7 +81,8 @@ class DevServer:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
                 lines = head.decode("latin-1").split("\r\n")
-                method, path, _ = lines[0].split(" ", 2)
+                method, target, _ = lines[0].split(" ", 2)
+                path = target.partition("?")[0]  # a query (?api_key=...) is not a route
                 length = 0
                 for ln in lines[1:]:
                     if ln[:15].lower() == "content-length:":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -13,11 +14,13 @@ import click
 import typer
 import yaml
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from instructforge.engine import JobAborted
 from instructforge.inputs import InputError
 from instructforge.llm import LLMError
+from instructforge.llm.urls import redact_urls
 
 app = typer.Typer(
     name="instructforge",
@@ -157,11 +160,29 @@ def handle_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+# Characters a terminal acts on instead of showing: C0 controls but newline and tab (ESC starts
+# sequences that set the window title or clear the screen; BEL rings; CR and BS overwrite),
+# DEL, the C1 controls (8-bit CSI...) and the bidirectional overrides that reorder text.
+TERMINAL_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def terminal_text(text: str, *, markup: bool = True) -> str:
+    r"""Model-written ``text`` made safe to print: control characters shown as ``\uXXXX``
+    escapes (valid in JSON too), newlines and tabs kept; with ``markup`` (for a rich markup
+    string) ``[tags]`` are escaped as well, else print it with ``markup=False``.
+
+    >>> terminal_text("hi\x1b]0;pwned\x07 [bold]x")
+    'hi\\u001b]0;pwned\\u0007 \\[bold]x'
+    """
+    safe = TERMINAL_CONTROLS.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+    return escape(safe) if markup else safe
+
+
 def print_plan(plan: dict[str, Any]) -> None:
-    """The ``--dry-run`` report."""
+    """The ``--dry-run`` report (server URLs without their credentials)."""
     t = Table(title="Dry run: nothing was called", show_header=False)
     for k, v in plan.items():
-        t.add_row(k.replace("_", " "), f"{v:,}" if isinstance(v, int) else str(v))
+        t.add_row(k.replace("_", " "), f"{v:,}" if isinstance(v, int) else redact_urls(str(v)))
     out.print(t)
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from instructforge.cli.common import ConfigOpt, ProgressOpt, app, console, handle_errors, out
 
@@ -42,6 +43,9 @@ def eval_cmd(
     code_timeout: Annotated[float, typer.Option("--code-timeout", help="Seconds per program.")
                             ] = 10.0,
     code_memory_mb: Annotated[int, typer.Option("--code-memory-mb")] = 1024,
+    unsafe_exec: Annotated[bool, typer.Option("--unsafe-exec", help="For --task code where no "
+                           "bubblewrap sandbox works: run the model's programs anyway, with "
+                           "Python-level limits only (not a security boundary).")] = False,
     concurrency: Annotated[int, typer.Option(help="Questions in flight.")] = 8,
     device: Annotated[str, typer.Option(help="For Hugging Face folders: auto, cpu, cuda.")
                       ] = "auto",
@@ -58,12 +62,19 @@ def eval_cmd(
         task=task.value, model=model, baseline=baseline, judge_model=judge_model, data=data,
         limit=limit, max_tokens=max_tokens, judge_max_tokens=judge_max_tokens,
         temperature=temperature, code_timeout=code_timeout, code_memory_mb=code_memory_mb,
-        concurrency=concurrency, device=device, progress=progress,
+        unsafe_exec=unsafe_exec, concurrency=concurrency, device=device, progress=progress,
     )
+    if task == Task.code and unsafe_exec:
+        from instructforge.tuning.sandbox import sandbox_problem
+
+        if problem := sandbox_problem():
+            console.print(f"[yellow]warning:[/yellow] --unsafe-exec: running model-written code "
+                          f"without an OS sandbox ({escape(problem)}); it can read your files "
+                          "and environment and reach the network.", highlight=False)
     try:
         res = evaluate(cfg, output, run_dir=run)
     except EvalError as e:
-        console.print(f"[red]error:[/red] {e}", highlight=False)
+        console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False)
         raise typer.Exit(2) from None
     out.print(results_table(res), markup=False, highlight=False)
     console.print(f"results: {output / 'results.json'}", highlight=False)

@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from instructforge.cli.common import (
@@ -29,6 +28,7 @@ from instructforge.cli.common import (
     out,
     print_plan,
     print_usage,
+    terminal_text,
 )
 from instructforge.inputs import InstructionSource
 from instructforge.methods import eliminate as el
@@ -268,13 +268,15 @@ def lineage_cmd(
         # A child id shows that record; a seed id, the whole chain.
         chosen = [r for r in records if r["id"] == record_id] or records
         for r in chosen:
-            out.print_json(json.dumps({"id": r["id"], "status": r["status"],
-                                       "lineage": r["lineage"],
-                                       "rejection": r.get("rejection")}))
+            text = json.dumps({"id": r["id"], "status": r["status"], "lineage": r["lineage"],
+                               "rejection": r.get("rejection")}, indent=2, ensure_ascii=False)
+            out.print(terminal_text(text, markup=False), markup=False, highlight=False,
+                      soft_wrap=True)
         return
+    # Instructions, ids and reasons are model-written: control characters are shown escaped.
     seed = records[0]["lineage"]
-    out.print(f"[bold]{escape(seed['seed_id'])}[/bold] (seed): "
-              f"{escape(_short(seed['history'][0], width))}", highlight=False)
+    out.print(f"[bold]{terminal_text(seed['seed_id'])}[/bold] (seed): "
+              f"{terminal_text(_short(seed['history'][0], width))}", highlight=False)
     for r in records:
         lin = r["lineage"]
         if lin["round"] == 0:
@@ -282,7 +284,8 @@ def lineage_cmd(
         norms = ", ".join(n["name"] for n in lin.get("normalisations") or [])
         if r["status"] == "rejected":
             rej = r["rejection"]
-            verdict = f"[red]eliminated[/red] {rej['rule']}: {escape(rej['reason'])}"
+            verdict = (f"[red]eliminated[/red] {terminal_text(rej['rule'])}: "
+                       f"{terminal_text(rej['reason'])}")
         else:
             verdict = "[green]kept[/green]"
         meta = r.get("metadata") or {}
@@ -292,10 +295,10 @@ def lineage_cmd(
         if meta.get("evolution_truncated"):
             marks.append("evolution cut at the token limit")
         out.print(
-            f"  round {lin['round']} [cyan]{lin['operation']}[/cyan] "
-            f"{escape(r['id'])} <- {escape(str(lin['parent_id']))}: {verdict}"
+            f"  round {lin['round']} [cyan]{terminal_text(lin['operation'])}[/cyan] "
+            f"{terminal_text(r['id'])} <- {terminal_text(str(lin['parent_id']))}: {verdict}"
             + (f" ({'; '.join(marks)})" if marks else ""),
             highlight=False,
         )
-        out.print(f"    {escape(_short(r['messages'][0]['content'] if r['messages'] else '', width))}",
-                  highlight=False)
+        first = r["messages"][0]["content"] if r["messages"] else ""
+        out.print(f"    {terminal_text(_short(first, width))}", highlight=False)

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from instructforge.cli.common import (
@@ -29,6 +28,7 @@ from instructforge.cli.common import (
     out,
     print_plan,
     print_usage,
+    terminal_text,
 )
 from instructforge.engine import RunDir
 from instructforge.llm.templates import template_names
@@ -216,12 +216,15 @@ def print_rejections(run: RunDir) -> None:
 
 
 def print_samples(run: RunDir, k: int) -> None:
-    """The first ``k`` kept conversations, as plain text on stdout."""
+    """The first ``k`` kept conversations, as plain text on stdout (control characters
+    escaped: model text never drives the terminal)."""
     for i, rec in enumerate(run.kept()):
         if i >= k:
             break
         cat = rec.get("metadata", {}).get("category")
-        out.print(f"[bold]--- {escape(rec['id'])}{escape(f' ({cat})') if cat else ''}[/bold]")
+        out.print(f"[bold]--- {terminal_text(rec['id'])}"
+                  f"{terminal_text(f' ({cat})') if cat else ''}[/bold]", highlight=False)
         for m in rec["messages"]:
             text = m["content"] if len(m["content"]) <= 600 else m["content"][:600] + " [...]"
-            out.print(f"[cyan]{escape(m['role'])}:[/cyan] {escape(text)}", highlight=False)
+            out.print(f"[cyan]{terminal_text(m['role'])}:[/cyan] {terminal_text(text)}",
+                      highlight=False)

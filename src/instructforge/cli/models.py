@@ -27,5 +27,5 @@ def models_cmd(base_url: BaseUrlOpt = None, api_key: ApiKeyOpt = None) -> None:
     if base_url:
         llm = OpenAICompatible(base_url, None, api_key, max_retries=1)
         for name in asyncio.run(llm.list_models()):
-            t.add_row(f"openai:{name}", name, f"served\n{base_url}")
+            t.add_row(f"openai:{name}", name, f"served\n{llm.base_url}")
     out.print(t)

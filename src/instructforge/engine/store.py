@@ -26,6 +26,7 @@ from typing import IO, Any
 
 import yaml
 
+from instructforge.llm.urls import redact_urls
 from instructforge.records import IdIndex, Record
 
 
@@ -76,8 +77,10 @@ class RunDir:
         self.done = self.root / "state" / "done.txt"
 
     def write_config(self, config: dict[str, Any]) -> None:
+        """Save ``config.yaml``, with credentials in server URLs removed."""
         self.root.mkdir(parents=True, exist_ok=True)
-        self.config.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
+        self.config.write_text(yaml.safe_dump(redact_urls(config), sort_keys=False,
+                                              allow_unicode=True))
 
     def read_config(self) -> dict[str, Any] | None:
         return yaml.safe_load(self.config.read_text()) if self.config.exists() else None

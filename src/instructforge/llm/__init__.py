@@ -31,6 +31,7 @@ from instructforge.llm.base import (
 )
 from instructforge.llm.embedded import ServerSettings, embedded_llm
 from instructforge.llm.openai import OpenAICompatible
+from instructforge.llm.urls import redact_urls
 
 __all__ = [
     "LLM",
@@ -100,7 +101,7 @@ def make_llm(
             )
         return OpenAICompatible(url, model or None, key, **kw)
     raise LLMError(
-        f"unknown model spec {spec!r}: use 'embedded', 'embedded:NAME' "
+        f"unknown model spec {redact_urls(spec)!r}: use 'embedded', 'embedded:NAME' "
         f"({', '.join(local_models.MODELS)}), a .gguf path, "
         "'openai:MODEL@URL', 'openai:MODEL' (with OPENAI_BASE_URL), a server URL or 'vllm:PATH'."
     )

@@ -34,6 +34,7 @@ from instructforge.llm.base import (
     SamplingParams,
 )
 from instructforge.llm.structured import choice_grammar, choice_schema
+from instructforge.llm.urls import redact_urls
 
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 # A constrained request answered with one of these is asked again without the constraint.
@@ -106,7 +107,9 @@ class OpenAICompatible(LLM):
     """Talk to ``base_url`` (ending in ``/v1``) over HTTP.
 
     ``model`` may be None: the server's only model is then used (see :meth:`resolve_model`).
-    The API key is held in memory only and never reported by :meth:`describe`.
+    The API key is held in memory only and never reported by :meth:`describe`; so are
+    credentials in the URL (``user:password@``, ``?api_key=``): ``base_url`` and ``model_id``
+    are the URL without them (:func:`~instructforge.llm.urls.redact_urls`).
     ``structured`` picks how constraints are sent: ``"auto"`` (find out from the server),
     ``"llamacpp"``, ``"vllm"``, ``"openai"`` (``response_format``), or ``"off"`` (never sent;
     the answer is read from free text).
@@ -128,7 +131,10 @@ class OpenAICompatible(LLM):
     ) -> None:
         if structured not in STRUCTURED:
             raise LLMError(f"structured={structured!r}: use one of {', '.join(STRUCTURED)}")
-        self.base_url = base_url.rstrip("/")
+        # The real URL, credentials included, serves requests only; base_url is what is shown.
+        base, q, query = base_url.partition("?")
+        self._base, self._query = base.rstrip("/"), q + query
+        self.base_url = redact_urls(base_url.rstrip("/"))
         self.model = model
         self._api_key = api_key
         self.max_concurrency = max_concurrency
@@ -180,7 +186,8 @@ class OpenAICompatible(LLM):
         refusable: bool = False,
     ) -> Any:
         client, sem = self._ensure_client()
-        url = f"{self.base_url}{path}"
+        url = f"{self._base}{path}{self._query}"
+        shown = f"{self.base_url}{path}"
         last = ""
         async with sem:
             for attempt in range(self.max_retries + 1):
@@ -191,9 +198,9 @@ class OpenAICompatible(LLM):
                             try:
                                 return await r.json(content_type=None)
                             except ValueError:
-                                last = f"invalid JSON from {url}"
+                                last = f"invalid JSON from {shown}"
                         elif r.status in RETRY_STATUS:
-                            last = f"HTTP {r.status} from {url}: {(await r.text())[:200]}"
+                            last = f"HTTP {r.status} from {shown}: {(await r.text())[:200]}"
                             retry_after = r.headers.get("retry-after")
                         elif refusable and r.status in REFUSED_STATUS:
                             raise _Refused(r.status, await r.text())
@@ -202,16 +209,16 @@ class OpenAICompatible(LLM):
                 except aiohttp.ClientConnectorError as e:
                     last = f"cannot connect to {self.base_url} ({e.__class__.__name__}: {e})"
                 except (TimeoutError, aiohttp.ClientError) as e:
-                    last = f"{e.__class__.__name__} talking to {url}: {e or 'no detail'}"
+                    last = f"{e.__class__.__name__} talking to {shown}: {e or 'no detail'}"
                 if attempt < self.max_retries:
                     await asyncio.sleep(self._delay(attempt, retry_after))
-        raise LLMError(
-            f"request to {url} failed after {self.max_retries + 1} attempts: {last}. "
+        raise LLMError(redact_urls(
+            f"request to {shown} failed after {self.max_retries + 1} attempts: {last}. "
             "Is the server running and reachable? (check --base-url / OPENAI_BASE_URL)"
-        )
+        ))
 
     def _client_error(self, status: int, text: str, path: str) -> LLMError:
-        body = text[:300]
+        body = redact_urls(text[:300])
         if status in (401, 403):
             return LLMError(
                 f"HTTP {status} from {self.base_url}: the server refused the API key "
@@ -350,14 +357,14 @@ class OpenAICompatible(LLM):
             return "openai"
 
     def _root(self) -> str:
-        return self.base_url[: -len("/v1")] if self.base_url.endswith("/v1") else self.base_url
+        return self._base[: -len("/v1")] if self._base.endswith("/v1") else self._base
 
     async def _probe(self, path: str) -> tuple[bool, dict[str, Any]]:
         """``GET {root}{path}``: whether the server answered at all, and the JSON object it
         answered (``{}`` for an error status or anything else)."""
         client, _ = self._ensure_client()
         try:
-            async with client.get(f"{self._root()}{path}",
+            async with client.get(f"{self._root()}{path}{self._query}",
                                   timeout=aiohttp.ClientTimeout(total=min(self.timeout, 60.0))
                                   ) as r:
                 if r.status != 200:
@@ -387,7 +394,7 @@ class OpenAICompatible(LLM):
         """llama.cpp's ``/props`` exposes the model's Jinja chat template; others return None."""
         client, _ = self._ensure_client()
         try:
-            async with client.get(f"{self._root()}/props") as r:
+            async with client.get(f"{self._root()}/props{self._query}") as r:
                 if r.status != 200:
                     return None
                 return (await r.json(content_type=None)).get("chat_template")

@@ -54,6 +54,7 @@ import jinja2
 from instructforge.engine import Context, JobResult, RequestCache, RunDir, preflight
 from instructforge.inputs import InstructionSource
 from instructforge.llm import LLM, Completion, Message, RawCompletionUnsupported, SamplingParams
+from instructforge.llm.urls import redact_urls
 from instructforge.methods import eliminate as el
 from instructforge.methods.evol_instruct import EvolConfig, Models, evolve
 from instructforge.methods.respond import ModelConfig, build_roles, distinct
@@ -983,7 +984,7 @@ class MethodSearch:
 
     def _check_config(self) -> None:
         p = self.root / "config.json"
-        key = self.cfg.search_key()
+        key = redact_urls(self.cfg.search_key())  # saved: no credentials in server URLs
         if p.exists():
             saved = json.loads(p.read_text(encoding="utf-8"))
             diff = sorted(k for k in set(key) | set(saved) if key.get(k) != saved.get(k))

@@ -1,7 +1,8 @@
 """Child side of the sandbox: set limits, disarm destructive calls, run the program.
 
-Run as ``python -I _sandbox_runner.py PROGRAM MEMORY_MB CPU_SECONDS FILE_MB``; standard
-library only, since it runs in a bare isolated interpreter.
+Run as ``python -I _sandbox_runner.py PROGRAM WORKDIR MEMORY_MB CPU_SECONDS FILE_MB`` (inside
+bwrap, or alone with ``--unsafe-exec``); standard library only, since it runs in a bare
+isolated interpreter. Files may be written only under WORKDIR.
 """
 
 import builtins
@@ -85,11 +86,12 @@ def reliability_guard(root: str) -> None:
 
 
 def main() -> None:
-    program, memory_mb, cpu_s, file_mb = sys.argv[1], *map(int, sys.argv[2:5])
+    program, workdir = sys.argv[1:3]
+    memory_mb, cpu_s, file_mb = map(int, sys.argv[3:6])
     with open(program, encoding="utf-8") as fh:
         source = fh.read()
     code = compile(source, program, "exec")
-    root = os.path.realpath(os.path.dirname(os.path.abspath(program)))
+    root = os.path.realpath(workdir)
     set_limits(memory_mb, cpu_s, file_mb)
     reliability_guard(root)
     sys.argv = [program]

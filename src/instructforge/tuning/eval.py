@@ -6,7 +6,8 @@ Tasks:
   with the positions swapped (see :mod:`instructforge.tuning.judge`); win / tie / loss.
 - ``gsm8k``: exact match of the final number against the ``#### N`` reference.
 - ``code``: HumanEval pass@1 (greedy), the model's code run with the row's tests in the
-  sandbox (:mod:`instructforge.tuning.sandbox`).
+  bubblewrap sandbox (:mod:`instructforge.tuning.sandbox`); without a working sandbox the task
+  refuses unless ``unsafe_exec`` is set.
 
 A model is ``embedded``, a ``.gguf`` file, an OpenAI-compatible server spec (all through
 :func:`instructforge.llm.make_llm`) or a Hugging Face model folder such as one ``train`` wrote
@@ -28,10 +29,12 @@ from typing import Any
 
 from instructforge.engine import Context, run_job
 from instructforge.llm import LLM, SamplingParams, make_llm
+from instructforge.llm.urls import redact_urls
 from instructforge.records import Record, new_record, stable_id, stable_seed
 from instructforge.tuning import gsm8k, humaneval, judge
 from instructforge.tuning.hf_llm import HFModel, is_hf_model_dir
 from instructforge.tuning.prompts import render
+from instructforge.tuning.sandbox import sandbox_problem
 
 TASKS = ("pairwise", "gsm8k", "code")
 DATA_DIR = Path(__file__).parent.parent / "data"
@@ -68,6 +71,7 @@ class EvalConfig:
     temperature: float = 0.0
     code_timeout: float = 10.0
     code_memory_mb: int = 1024
+    unsafe_exec: bool = False  # run code without the OS sandbox when none works here
     concurrency: int = 8
     device: str = "auto"
     progress: bool = True
@@ -175,10 +179,10 @@ async def _score(task: str, row: dict[str, Any], answer: str, cfg: EvalConfig) -
         return {"gold": gold, "extracted": pred, "correct": gsm8k.is_correct(answer, gold)}
     res = await humaneval.run_tests(
         row["prompt"], answer, row["test"], row["entry_point"],
-        timeout=cfg.code_timeout, memory_mb=cfg.code_memory_mb,
+        timeout=cfg.code_timeout, memory_mb=cfg.code_memory_mb, unsafe=cfg.unsafe_exec,
     )
     return {"status": res.status, "passed": res.passed, "stderr": res.stderr[-1000:],
-            "seconds": round(res.seconds, 3)}
+            "seconds": round(res.seconds, 3), "isolation": res.isolation}
 
 
 async def _judge_pair(ctx: Context, judge_llm: LLM, question: str, model_answer: str,
@@ -225,6 +229,12 @@ def evaluate(
         raise EvalError(f"unknown task {cfg.task!r}; choose one of {', '.join(TASKS)}")
     if cfg.task == "pairwise" and not (cfg.baseline or (llms and "baseline" in llms)):
         raise EvalError("the pairwise task compares two models: give --baseline")
+    if cfg.task == "code" and not cfg.unsafe_exec and (problem := sandbox_problem()):
+        raise EvalError(
+            f"the code task runs model-written programs, and no OS sandbox works here: "
+            f"{problem}. Pass --unsafe-exec (EvalConfig.unsafe_exec) to run them anyway with "
+            "Python-level limits only, which code written to escape gets around."
+        )
     items = load_items(cfg.task, cfg.data, cfg.limit)
     given = llms or {}
 
@@ -287,8 +297,10 @@ def evaluate(
     results = {
         "task": cfg.task,
         "data": str(cfg.data or BUILTIN_DATA[cfg.task]),
-        "models": {k: {"spec": getattr(cfg, k), "id": m.model_id} for k, m in models.items()},
-        "judge": {"spec": cfg.judge_model, "id": judge_llm.model_id} if judge_llm else None,
+        "models": {k: {"spec": redact_urls(getattr(cfg, k)), "id": m.model_id}
+                   for k, m in models.items()},
+        "judge": ({"spec": redact_urls(cfg.judge_model), "id": judge_llm.model_id}
+                  if judge_llm else None),
         "questions": len(inputs),
         "evaluated": len(done),
         "failed": job.failed,

@@ -60,10 +60,12 @@ async def run_tests(
     *,
     timeout: float = 10.0,
     memory_mb: int = 1024,
+    unsafe: bool = False,
 ) -> ExecResult:
-    """Run one row's tests against a model's answer in the sandbox.
+    """Run one row's tests against a model's answer in the sandbox (``unsafe``: without one
+    when none works here; see :func:`instructforge.tuning.sandbox.arun_python`).
 
     >>> # res = await run_tests(row["prompt"], answer, row["test"], row["entry_point"])
     """
     program = build_program(prompt, completion, test, entry_point)
-    return await arun_python(program, timeout=timeout, memory_mb=memory_mb)
+    return await arun_python(program, timeout=timeout, memory_mb=memory_mb, unsafe=unsafe)
