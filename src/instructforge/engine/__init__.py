@@ -10,7 +10,13 @@ from instructforge.engine.run import (
     run_job,
     write_parquet,
 )
-from instructforge.engine.store import RunDir, Store, iter_jsonl
+from instructforge.engine.store import (
+    RunDir,
+    RunDirError,
+    RunLocked,
+    Store,
+    iter_jsonl,
+)
 
 __all__ = [
     "Context",
@@ -18,6 +24,8 @@ __all__ = [
     "JobResult",
     "RequestCache",
     "RunDir",
+    "RunDirError",
+    "RunLocked",
     "Store",
     "Usage",
     "arun_job",

@@ -243,6 +243,29 @@ def run_sharded(
     if shards is not None and shards < 1:
         raise ShardingError(f"--shards must be >= 1, got {shards}")
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    with run.lock():
+        return _run_sharded(name, inputs, run, make_process, config, shards, executor,
+                            concurrency, progress, shared_cache, max_consecutive_failures,
+                            max_retries, num_cpus, num_gpus, union_filter)
+
+
+def _run_sharded(
+    name: str,
+    inputs: Iterable[Record],
+    run: RunDir,
+    make_process: MakeProcess,
+    config: dict[str, Any],
+    shards: int | None,
+    executor: str,
+    concurrency: int,
+    progress: bool,
+    shared_cache: str | os.PathLike[str] | None,
+    max_consecutive_failures: int,
+    max_retries: int,
+    num_cpus: float,
+    num_gpus: float,
+    union_filter: UnionFilter | None,
+) -> ShardedResult:
     t0 = time.perf_counter()
     # Checked before starting Ray: a wrong --shards or directory should fail at once.
     split = existing_manifest(run, shards)

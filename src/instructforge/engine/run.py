@@ -103,9 +103,29 @@ async def arun_job(
     ``status == "rejected"`` (invalid rows kept by ``--skip-invalid``) go straight to
     ``rejected.jsonl``. Raises :class:`JobAborted` after ``max_consecutive_failures`` inputs
     in a row fail with an :class:`LLMError`; everything finished is kept.
+
+    The job holds the run directory's lock (:class:`RunLocked` if another process has it).
     """
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
-    run.write_config({"job": name, **config})
+    with run.lock():
+        run.write_config({"job": name, **config})
+        return await _run_locked(name, inputs, process, run, config, total, concurrency,
+                                 progress, llms, shared_cache, max_consecutive_failures)
+
+
+async def _run_locked(
+    name: str,
+    inputs: Iterable[Record],
+    process: ProcessFn,
+    run: RunDir,
+    config: dict[str, Any],
+    total: int | None,
+    concurrency: int,
+    progress: bool,
+    llms: Sequence[LLM],
+    shared_cache: str | os.PathLike[str] | None,
+    max_consecutive_failures: int,
+) -> JobResult:
     await preflight(llms)
     store = Store(run)
     cache = RequestCache(run.cache)

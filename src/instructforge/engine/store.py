@@ -10,14 +10,18 @@ Layout::
       cache.sqlite         request cache
       usage.json           tokens per model and step, requests, errors, wall time
       state/done.txt       ids of inputs whose records are all written (resume)
+      state/lock           held (``flock``) by the one process writing the run; holds its pid
 
 Each input's outputs are appended and flushed before its id goes to ``state/done.txt``; a
 rerun skips done inputs and never writes a record id twice, so a ``kill -9`` at any point
-loses nothing finished and duplicates nothing.
+loses nothing finished and duplicates nothing. One process at a time writes a run directory
+(:meth:`RunDir.lock`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 from collections.abc import Iterable, Iterator
@@ -27,6 +31,19 @@ from typing import IO, Any
 import yaml
 
 from instructforge.records import IdIndex, Record
+
+
+class RunDirError(ValueError):
+    """A run directory that cannot be used as asked, explained."""
+
+
+class RunLocked(RunDirError):
+    """Another process is writing the run directory."""
+
+
+# Locks this process holds: lock file -> [fd, depth]. A job inside a command that already
+# holds its run directory (auto-evol's final pass) takes the lock again without blocking.
+_HELD: dict[Path, list[int]] = {}
 
 
 def _repair_tail(path: Path) -> None:
@@ -74,6 +91,46 @@ class RunDir:
         self.usage = self.root / "usage.json"
         self.config = self.root / "config.yaml"
         self.done = self.root / "state" / "done.txt"
+        self.lock_file = self.root / "state" / "lock"
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the run directory for this process: a second process fails at once with
+        :class:`RunLocked` naming this one's pid. The lock is ``flock`` on ``state/lock``, so
+        the system drops it when the process dies, however it dies. Re-entrant.
+
+        >>> with RunDir("runs/demo").lock():   # doctest: +SKIP
+        ...     ...
+        """
+        self.lock_file.parent.mkdir(parents=True, exist_ok=True)
+        key = self.lock_file.resolve()
+        if key in _HELD:
+            _HELD[key][1] += 1
+            try:
+                yield
+            finally:
+                _HELD[key][1] -= 1
+            return
+        fd = os.open(key, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise RunLocked(
+                f"{self.root} is in use by another process (pid {holder}, holding "
+                f"{self.lock_file}); two processes on one run would pay for the same calls and "
+                "write records twice. Wait for it to finish or stop it, then rerun."
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        _HELD[key] = [fd, 1]
+        try:
+            yield
+        finally:
+            del _HELD[key]
+            os.ftruncate(fd, 0)
+            os.close(fd)  # closing the descriptor releases the lock
 
     def write_config(self, config: dict[str, Any]) -> None:
         self.root.mkdir(parents=True, exist_ok=True)

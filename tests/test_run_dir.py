@@ -1,0 +1,75 @@
+"""The run directory's guarantees: one writer (lock), ids that never clash, reruns that
+refuse other options, Parquet never staler than the JSONL it mirrors, ids that can be
+marked done."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from instructforge.engine import (
+    RunDir,
+    RunLocked,
+)
+from instructforge.methods.respond import ModelConfig, RespondConfig, respond
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def seeds(tmp_path: Path, n: int) -> Path:
+    return write_jsonl(tmp_path / "seeds.jsonl",
+                       [{"instruction": f"Question number {i}?"} for i in range(n)])
+
+
+def cfg(url: str, **kw) -> RespondConfig:
+    return RespondConfig(llm=ModelConfig(model="dev", base_url=url), **kw)
+
+
+async def echo(rec, ctx):
+    return [rec]
+
+
+# --- 7: one process at a time ----------------------------------------------------------
+
+
+def respond_cli(inp: Path, out: Path, url: str) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "instructforge.cli.__main__", "respond", str(inp), "-o",
+           str(out), "--base-url", url, "-m", "dev", "--no-progress"]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "COLUMNS": "300"})
+
+
+def test_a_second_process_on_a_held_run_fails_at_once_naming_the_holders_pid(
+        tmp_path, dev_server):
+    run = RunDir(tmp_path / "run")
+    with run.lock():
+        proc = respond_cli(seeds(tmp_path, 3), run.root, dev_server.url)
+    assert proc.returncode == 2, proc.stderr
+    assert f"pid {os.getpid()}" in proc.stderr and "in use by another process" in proc.stderr
+    assert dev_server.served == 0 and not run.records.exists()
+
+
+def test_the_lock_is_released_when_the_job_ends_and_when_its_process_dies(tmp_path, dev_server):
+    run = RunDir(tmp_path / "run")
+    respond(seeds(tmp_path, 2), run.root, cfg(dev_server.url), progress=False)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from instructforge.engine import RunDir\n"
+         f"with RunDir({str(run.root)!r}).lock():\n print('held', flush=True); time.sleep(600)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunLocked, match=f"pid {holder.pid}"), run.lock():
+            pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with run.lock():  # the dead holder's lock went with it
+        pass
