@@ -11,12 +11,16 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from instructforge.engine import (
+    OptionsChanged,
     RunDir,
     RunLocked,
+    run_job,
 )
 from instructforge.methods.respond import ModelConfig, RespondConfig, respond
+from instructforge.records import new_record
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -73,3 +77,46 @@ def test_the_lock_is_released_when_the_job_ends_and_when_its_process_dies(tmp_pa
         holder.wait()
     with run.lock():  # the dead holder's lock went with it
         pass
+
+
+# --- 12: reruns with other options refuse -----------------------------------------------------
+
+
+def test_a_rerun_with_other_sampling_options_refuses_naming_them(tmp_path, dev_server):
+    inp = seeds(tmp_path, 3)
+    respond(inp, tmp_path / "run", cfg(dev_server.url), progress=False)
+    before = (tmp_path / "run" / "config.yaml").read_text()
+    with pytest.raises(OptionsChanged) as e:
+        respond(seeds(tmp_path, 5), tmp_path / "run",
+                cfg(dev_server.url, temperature=0.1, max_tokens=16), progress=False)
+    assert "temperature: 0.7 -> 0.1" in str(e.value)
+    assert "max_tokens: 512 -> 16" in str(e.value)
+    assert "limit" not in str(e.value)
+    assert (tmp_path / "run" / "config.yaml").read_text() == before
+    assert dev_server.served == 3 and len(list(RunDir(tmp_path / "run").kept())) == 3
+
+
+def test_a_rerun_may_extend_the_limit_and_change_concurrency(tmp_path, dev_server):
+    inp = seeds(tmp_path, 6)
+    respond(inp, tmp_path / "run", cfg(dev_server.url, limit=2), progress=False)
+    res = respond(inp, tmp_path / "run", cfg(dev_server.url, limit=5, concurrency=3),
+                  progress=False)
+    assert (res.skipped, res.kept) == (2, 3)
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert (saved["limit"], saved["concurrency"]) == (5, 3)
+
+
+def test_options_may_change_while_the_run_has_no_output_yet(tmp_path):
+    run = RunDir(tmp_path / "run")
+    run.write_config({"job": "t", "model": "tpyo"})  # e.g. preflight refused a wrong name
+    run_job("t", [new_record("a", "x", method="input")], echo, run, config={"model": "m"},
+            progress=False)
+    assert run.read_config()["model"] == "m"
+
+
+def test_another_job_on_the_same_run_directory_is_refused(tmp_path):
+    run_job("respond", [new_record("a", "x", method="input")], echo, tmp_path / "run",
+            config={}, progress=False)
+    with pytest.raises(OptionsChanged, match="job: 'respond' -> 'magpie'"):
+        run_job("magpie", [new_record("b", "x", method="input")], echo, tmp_path / "run",
+                config={}, progress=False)

@@ -11,6 +11,7 @@ from instructforge.engine.run import (
     write_parquet,
 )
 from instructforge.engine.store import (
+    OptionsChanged,
     RunDir,
     RunDirError,
     RunLocked,
@@ -22,6 +23,7 @@ __all__ = [
     "Context",
     "JobAborted",
     "JobResult",
+    "OptionsChanged",
     "RequestCache",
     "RunDir",
     "RunDirError",

@@ -275,7 +275,7 @@ def _run_sharded(
             shards = max(1, int(ray.cluster_resources().get("CPU", 1)))
         manifest = partition(inputs, run, shards)
         n = manifest["shards"]
-        run.write_config({"job": name, **config, "executor": executor, "shards": n})
+        run.reopen({"job": name, **config, "executor": executor, "shards": n})
         options = {"concurrency": concurrency, "shared_cache": str(shared_cache) if shared_cache
                    else None, "max_consecutive_failures": max_consecutive_failures}
         roots = [str(shard_dir(run, i).root) for i in range(n)]

@@ -104,11 +104,12 @@ async def arun_job(
     ``rejected.jsonl``. Raises :class:`JobAborted` after ``max_consecutive_failures`` inputs
     in a row fail with an :class:`LLMError`; everything finished is kept.
 
-    The job holds the run directory's lock (:class:`RunLocked` if another process has it).
+    The job holds the run directory's lock (:class:`RunLocked` if another process has it)
+    and refuses a run made with options that change records (:class:`OptionsChanged`).
     """
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     with run.lock():
-        run.write_config({"job": name, **config})
+        run.reopen({"job": name, **config})
         return await _run_locked(name, inputs, process, run, config, total, concurrency,
                                  progress, llms, shared_cache, max_consecutive_failures)
 

@@ -15,7 +15,8 @@ Layout::
 Each input's outputs are appended and flushed before its id goes to ``state/done.txt``; a
 rerun skips done inputs and never writes a record id twice, so a ``kill -9`` at any point
 loses nothing finished and duplicates nothing. One process at a time writes a run directory
-(:meth:`RunDir.lock`).
+(:meth:`RunDir.lock`), and a rerun must use the options the run was made with
+(:meth:`RunDir.reopen`).
 """
 
 from __future__ import annotations
@@ -32,18 +33,69 @@ import yaml
 
 from instructforge.records import IdIndex, Record
 
+# Options that change how a job runs but not what its records hold: a rerun may change them
+# (``--limit`` and magpie's ``n`` extend a run; the rest are speed, retries and where things
+# are). Matched on the last part of a dotted key (``evol_llm.max_concurrency``).
+RUN_OPTIONS = frozenset({
+    "concurrency", "max_concurrency", "timeout", "limit", "n", "shared_cache", "skip_invalid",
+    "executor", "shards", "base_url", "progress",
+})
+
 
 class RunDirError(ValueError):
-    """A run directory that cannot be used as asked, explained."""
+    """A run directory that cannot be used as asked (another process holds it, or it was
+    made with other options), explained."""
 
 
 class RunLocked(RunDirError):
     """Another process is writing the run directory."""
 
 
+class OptionsChanged(RunDirError):
+    """A rerun asked for options that change records, on a run made with other ones."""
+
+
 # Locks this process holds: lock file -> [fd, depth]. A job inside a command that already
 # holds its run directory (auto-evol's final pass) takes the lock again without blocking.
 _HELD: dict[Path, list[int]] = {}
+
+
+def changed_options(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """``"key: old -> new"`` for every option that differs and changes records.
+
+    Keys are dotted paths into nested options; :data:`RUN_OPTIONS` may differ, and a key
+    that only one side has (an option added or removed by an upgrade) is not compared.
+
+    >>> changed_options({"temperature": 0.7, "limit": 5}, {"temperature": 0.1, "limit": 50})
+    ['temperature: 0.7 -> 0.1']
+    """
+    a, b = _flatten(old), _flatten(json.loads(json.dumps(new, default=str)))
+    out = []
+    for key in sorted(a.keys() & b.keys()):
+        if key.rsplit(".", 1)[-1] in RUN_OPTIONS or a[key] == b[key]:
+            continue
+        if key == "input" and _same_file(a[key], b[key]):
+            continue
+        out.append(f"{key}: {a[key]!r} -> {b[key]!r}")
+    return out
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _same_file(a: Any, b: Any) -> bool:
+    try:
+        return os.path.samefile(str(a), str(b))
+    except OSError:
+        return False
 
 
 def _repair_tail(path: Path) -> None:
@@ -131,6 +183,31 @@ class RunDir:
             del _HELD[key]
             os.ftruncate(fd, 0)
             os.close(fd)  # closing the descriptor releases the lock
+
+    def reopen(self, config: dict[str, Any]) -> None:
+        """Start (or continue) a job with ``config`` (hold :meth:`lock` first).
+
+        Raises :class:`OptionsChanged` when the run already has outputs made with options
+        that change records (see :func:`changed_options`): a rerun with other options
+        would mix records and leave ``config.yaml`` describing only the last. Otherwise
+        writes ``config.yaml``.
+        """
+        old = self.read_config()
+        if old is not None and self.has_outputs():
+            changed = changed_options(old, config)
+            if changed:
+                lines = "\n".join(f"  {c}" for c in changed)
+                raise OptionsChanged(
+                    f"{self.root} was made with other options; rerunning with these would mix "
+                    f"records made two ways (old -> new):\n{lines}\nRerun with the run's "
+                    f"options (see {self.config}), or write to a new run directory."
+                )
+        self.write_config(config)
+
+    def has_outputs(self) -> bool:
+        """Whether any input has been written (kept, rejected or marked done)."""
+        return any(p.exists() and p.stat().st_size > 0
+                   for p in (self.records, self.rejected, self.done))
 
     def write_config(self, config: dict[str, Any]) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
