@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
@@ -77,6 +78,27 @@ def test_the_lock_is_released_when_the_job_ends_and_when_its_process_dies(tmp_pa
         holder.wait()
     with run.lock():  # the dead holder's lock went with it
         pass
+
+
+# --- 11: Parquet is never older than records.jsonl ------------------------------------------
+
+
+def test_a_reopened_run_drops_its_parquet_until_it_finishes_again(tmp_path):
+    async def crash_on_c(rec, ctx):
+        if rec["id"] == "c":
+            raise RuntimeError("killed")
+        return [rec]
+
+    run = RunDir(tmp_path / "run")
+    run_job("t", [new_record("a", "x", method="input")], echo, run, config={}, progress=False)
+    assert pq.read_table(run.parquet).num_rows == 1
+    inputs = [new_record(i, "x", method="input") for i in ("a", "b", "c")]
+    with pytest.raises(RuntimeError, match="killed"):
+        run_job("t", inputs, crash_on_c, run, config={}, progress=False, concurrency=1)
+    assert len(list(run.kept())) == 2
+    assert not run.parquet.exists()
+    run_job("t", inputs[:2], echo, run, config={}, progress=False)
+    assert pq.read_table(run.parquet).num_rows == 2
 
 
 # --- 12: reruns with other options refuse -----------------------------------------------------

@@ -190,7 +190,8 @@ class RunDir:
         Raises :class:`OptionsChanged` when the run already has outputs made with options
         that change records (see :func:`changed_options`): a rerun with other options
         would mix records and leave ``config.yaml`` describing only the last. Otherwise
-        writes ``config.yaml``.
+        writes ``config.yaml`` and removes ``data/records.parquet``, which the job writes
+        again when it finishes: it is never older than ``records.jsonl``.
         """
         old = self.read_config()
         if old is not None and self.has_outputs():
@@ -203,6 +204,7 @@ class RunDir:
                     f"options (see {self.config}), or write to a new run directory."
                 )
         self.write_config(config)
+        self.parquet.unlink(missing_ok=True)
 
     def has_outputs(self) -> bool:
         """Whether any input has been written (kept, rejected or marked done)."""
