@@ -15,11 +15,14 @@ import pytest
 import yaml
 
 from instructforge.engine import (
+    IdCollision,
     OptionsChanged,
     RunDir,
     RunLocked,
     run_job,
 )
+from instructforge.inputs import InputError, InstructionSource
+from instructforge.methods.evol_instruct import EvolConfig, evolve
 from instructforge.methods.respond import ModelConfig, RespondConfig, respond
 from instructforge.records import new_record
 
@@ -78,6 +81,53 @@ def test_the_lock_is_released_when_the_job_ends_and_when_its_process_dies(tmp_pa
         holder.wait()
     with run.lock():  # the dead holder's lock went with it
         pass
+
+
+# --- 8: generated ids never collide with input ids ----------------------------------------
+
+
+def test_an_input_id_shaped_like_an_invalid_rows_id_is_refused_naming_its_line(tmp_path):
+    inp = tmp_path / "in.jsonl"
+    inp.write_text(json.dumps({"id": "invalid-line-3", "instruction": "Valid?"}) + "\n"
+                   + json.dumps({"id": "b", "instruction": "Also valid."}) + "\n"
+                   + "{not json\n")
+    with pytest.raises(InputError, match=r"in.jsonl:1: id 'invalid-line-3' is reserved"):
+        InstructionSource(inp).validate()
+
+
+def test_with_skip_invalid_both_rows_are_rejected_and_none_vanishes(tmp_path, dev_server):
+    inp = tmp_path / "in.jsonl"
+    inp.write_text(json.dumps({"id": "invalid-line-3", "instruction": "Valid?"}) + "\n"
+                   + json.dumps({"id": "b", "instruction": "Also valid."}) + "\n"
+                   + "{not json\n")
+    res = respond(inp, tmp_path / "run", cfg(dev_server.url, skip_invalid=True), progress=False)
+    run = RunDir(tmp_path / "run")
+    assert [r["id"] for r in run.kept()] == ["b"]
+    dropped = {r["id"]: r["rejection"]["reason"] for r in run.dropped()}
+    assert set(dropped) == {"invalid-line-1", "invalid-line-3"}
+    assert "reserved" in dropped["invalid-line-1"]
+    assert (res.invalid, dev_server.served) == (2, 1)  # nothing paid for that vanished
+
+
+def test_keep_seeds_refuses_a_seed_named_like_another_seeds_child(tmp_path):
+    inp = write_jsonl(tmp_path / "seeds.jsonl", [{"id": "a", "instruction": "Say hi."},
+                                                 {"id": "a-r1", "instruction": "Say bye."}])
+    with pytest.raises(InputError, match=r"seeds.jsonl:2: seed id 'a-r1' is also the id of "
+                                         r"round 1 of seed 'a' \(.*seeds.jsonl:1\)"):
+        evolve(inp, tmp_path / "run", EvolConfig(rounds=2, keep_seeds=True), progress=False)
+    assert not (tmp_path / "run").exists()  # refused before any backend or file
+
+
+def test_two_inputs_writing_one_record_id_stop_the_job_instead_of_losing_one(tmp_path):
+    async def same_id(rec, ctx):
+        return [{**rec, "id": "child"}]
+
+    inputs = [new_record(i, "x", method="input") for i in ("a", "b")]
+    with pytest.raises(IdCollision, match="'child' was written for input 'a' and again for "
+                                          "input 'b'"):
+        run_job("t", inputs, same_id, tmp_path / "run", config={}, progress=False,
+                concurrency=1)
+    assert [r["id"] for r in RunDir(tmp_path / "run").kept()] == ["child"]
 
 
 # --- 11: Parquet is never older than records.jsonl ------------------------------------------

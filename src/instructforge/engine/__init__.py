@@ -11,6 +11,7 @@ from instructforge.engine.run import (
     write_parquet,
 )
 from instructforge.engine.store import (
+    IdCollision,
     OptionsChanged,
     RunDir,
     RunDirError,
@@ -21,6 +22,7 @@ from instructforge.engine.store import (
 
 __all__ = [
     "Context",
+    "IdCollision",
     "JobAborted",
     "JobResult",
     "OptionsChanged",

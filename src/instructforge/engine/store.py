@@ -55,6 +55,10 @@ class OptionsChanged(RunDirError):
     """A rerun asked for options that change records, on a run made with other ones."""
 
 
+class IdCollision(RunDirError):
+    """Two inputs produced a record with the same id (a record would be lost or doubled)."""
+
+
 # Locks this process holds: lock file -> [fd, depth]. A job inside a command that already
 # holds its run directory (auto-evol's final pass) takes the lock again without blocking.
 _HELD: dict[Path, list[int]] = {}
@@ -244,6 +248,9 @@ class Store:
         self._written = IdIndex()
         for p in (run.records, run.rejected):
             self._written.update(rec["id"] for rec in iter_jsonl(p))
+        # Ids written by this process, with the input that wrote each: a second input
+        # writing one is a clash that would lose or double a record, never a resume.
+        self._writer = IdIndex()
         self._kept: IO[str] = open(run.records, "a", encoding="utf-8")
         self._rej: IO[str] = open(run.rejected, "a", encoding="utf-8")
         self._done: IO[str] = open(run.done, "a", encoding="utf-8")
@@ -251,12 +258,24 @@ class Store:
     def is_done(self, input_id: str) -> bool:
         return input_id in self.done
 
+    def _claim(self, rid: str, input_id: str) -> bool:
+        """Whether ``rid`` is still to be written; :class:`IdCollision` when another input
+        of this process wrote it."""
+        first = self._writer.first_seen(rid, input_id)
+        if first is not None and first != input_id:
+            raise IdCollision(
+                f"record id {rid!r} was written for input {first!r} and again for input "
+                f"{input_id!r}; ids must be unique across a run ({self.run.root})"
+            )
+        return rid not in self._written
+
     def write(self, input_id: str, outputs: Iterable[Record]) -> tuple[int, int]:
         """Append an input's outputs, then mark the input done. Returns (kept, rejected)."""
         kept = rej = 0
         for rec in outputs:
-            if rec["id"] in self._written:
+            if not self._claim(rec["id"], input_id):
                 continue
+            self._written.add(rec["id"])
             line = json.dumps(rec, ensure_ascii=False) + "\n"
             if rec.get("status") == "rejected":
                 self._rej.write(line)
@@ -273,7 +292,7 @@ class Store:
 
     def reject_input(self, rec: Record) -> None:
         """Record an invalid input row (not an input to resume)."""
-        if rec["id"] in self._written:
+        if not self._claim(rec["id"], "(an invalid input row)"):
             return
         self._written.add(rec["id"])
         self._rej.write(json.dumps(rec, ensure_ascii=False) + "\n")
@@ -284,3 +303,4 @@ class Store:
             f.close()
         self.done.close()
         self._written.close()
+        self._writer.close()
