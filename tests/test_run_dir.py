@@ -18,7 +18,9 @@ from instructforge.engine import (
     IdCollision,
     OptionsChanged,
     RunDir,
+    RunDirError,
     RunLocked,
+    iter_jsonl,
     run_job,
 )
 from instructforge.inputs import InputError, InstructionSource
@@ -192,3 +194,28 @@ def test_another_job_on_the_same_run_directory_is_refused(tmp_path):
     with pytest.raises(OptionsChanged, match="job: 'respond' -> 'magpie'"):
         run_job("magpie", [new_record("b", "x", method="input")], echo, tmp_path / "run",
                 config={}, progress=False)
+
+
+# --- 13: ids with line breaks ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rid", ["a\nb", "a\rb"])
+def test_an_input_id_with_a_line_break_is_refused_naming_its_line(tmp_path, rid):
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"id": "ok", "instruction": "x"},
+                                              {"id": rid, "instruction": "y"}])
+    with pytest.raises(InputError, match=r"in.jsonl:2: id .* contains a line break"):
+        InstructionSource(inp).validate()
+
+
+def test_the_engine_refuses_an_id_it_could_not_mark_done(tmp_path):
+    called = []
+
+    async def process(rec, ctx):
+        called.append(rec["id"])
+        return [rec]
+
+    with pytest.raises(RunDirError, match="contains a line break"):
+        run_job("t", [new_record("a\nb", "x", method="input")], process, tmp_path / "run",
+                config={}, progress=False)
+    assert called == []
+    assert list(iter_jsonl(RunDir(tmp_path / "run").records)) == []

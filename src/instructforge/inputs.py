@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from instructforge.records import IdIndex, Record, new_record, rejected
+from instructforge.records import IdIndex, Record, id_problem, new_record, rejected
 
 SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 INVALID_ID_PREFIX = "invalid-line-"  # + the line: the id of a row rejected as invalid
@@ -200,6 +200,8 @@ class InstructionSource:
         if problem is not None:
             return None, problem
         rec = self._record(row)
+        if problem := id_problem(rec["id"]):
+            return None, problem
         if rec["id"].startswith(INVALID_ID_PREFIX):
             # The id of the rejected row at that line: the two would clash in the run.
             return None, (f"id {rec['id']!r} is reserved: ids starting with "

@@ -30,9 +30,9 @@ import pyarrow.parquet as pq
 from instructforge.engine.cache import RequestCache
 from instructforge.engine.context import Context
 from instructforge.engine.progress import JobProgress
-from instructforge.engine.store import RunDir, Store, iter_jsonl
+from instructforge.engine.store import RunDir, RunDirError, Store, iter_jsonl
 from instructforge.llm.base import LLM, LLMError
-from instructforge.records import Record
+from instructforge.records import Record, id_problem
 
 ProcessFn = Callable[[Record, Context], Awaitable[list[Record]]]
 
@@ -171,6 +171,8 @@ async def _run_locked(
                     result.invalid += 1
                     bar.advance()
                     continue
+                if problem := id_problem(rec["id"]):
+                    raise RunDirError(f"input {problem}")
                 if store.is_done(rec["id"]):
                     result.skipped += 1
                     bar.advance()

@@ -31,7 +31,7 @@ from typing import IO, Any
 
 import yaml
 
-from instructforge.records import IdIndex, Record
+from instructforge.records import IdIndex, Record, id_problem
 
 # Options that change how a job runs but not what its records hold: a rerun may change them
 # (``--limit`` and magpie's ``n`` extend a run; the rest are speed, retries and where things
@@ -271,6 +271,8 @@ class Store:
 
     def write(self, input_id: str, outputs: Iterable[Record]) -> tuple[int, int]:
         """Append an input's outputs, then mark the input done. Returns (kept, rejected)."""
+        if problem := id_problem(input_id):
+            raise RunDirError(f"input {problem}")
         kept = rej = 0
         for rec in outputs:
             if not self._claim(rec["id"], input_id):
