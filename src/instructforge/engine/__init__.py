@@ -18,6 +18,8 @@ from instructforge.engine.store import (
     RunLocked,
     Store,
     iter_jsonl,
+    partial_path,
+    unfinished_problem,
 )
 
 __all__ = [
@@ -34,8 +36,10 @@ __all__ = [
     "Usage",
     "arun_job",
     "iter_jsonl",
+    "partial_path",
     "preflight",
     "request_key",
     "run_job",
+    "unfinished_problem",
     "write_parquet",
 ]

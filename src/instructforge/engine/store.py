@@ -102,6 +102,31 @@ def _same_file(a: Any, b: Any) -> bool:
         return False
 
 
+def partial_path(out: str | os.PathLike[str]) -> Path:
+    """Where a command builds the output folder ``out`` before renaming it into place
+    (``OUT.partial``); a folder of that name is an unfinished output.
+
+    >>> partial_path("runs/clean").as_posix()
+    'runs/clean.partial'
+    """
+    p = Path(out)
+    return p.with_name(p.name + ".partial")
+
+
+def unfinished_problem(path: str | os.PathLike[str]) -> str | None:
+    """Why the run directory or records file ``path`` is not (yet) a finished output, or
+    None: it lies in an ``OUT.partial`` folder, or a job still holds its run directory."""
+    p = Path(path)
+    for folder in (p, *p.parents):
+        if folder.name.endswith(".partial"):
+            return (f"{folder} is an unfinished output (a command was stopped while writing "
+                    f"it); rerun that command to finish {folder.with_suffix('')}")
+    run = p.parent.parent if p.parent.name == "data" else p if p.is_dir() else None
+    if run is not None and (pid := RunDir(run).holder()) is not None:
+        return f"{run} is still being written by a job (pid {pid}); wait for it to finish"
+    return None
+
+
 def _repair_tail(path: Path) -> None:
     """Cut a partial last line left by a killed writer."""
     if not path.exists() or path.stat().st_size == 0:
@@ -187,6 +212,22 @@ class RunDir:
             del _HELD[key]
             os.ftruncate(fd, 0)
             os.close(fd)  # closing the descriptor releases the lock
+
+    def holder(self) -> str | None:
+        """The pid of the process holding :meth:`lock` ("unknown" if it has not written it
+        yet), or None when no process holds the run directory."""
+        if not self.lock_file.exists():
+            return None
+        if self.lock_file.resolve() in _HELD:
+            return str(os.getpid())
+        fd = os.open(self.lock_file, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return os.read(fd, 64).decode("ascii", "replace").strip() or "unknown"
+        finally:
+            os.close(fd)
+        return None
 
     def reopen(self, config: dict[str, Any]) -> None:
         """Start (or continue) a job with ``config`` (hold :meth:`lock` first).
