@@ -604,7 +604,9 @@ def write_summary(run_dir: str | Path) -> dict[str, Any]:
     """Compute :func:`summarise` and save it as ``RUN_DIR/summary.json``."""
     summary = summarise(run_dir)
     path = Path(run_dir) / "summary.json"
-    path.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp = path.with_name(path.name + ".tmp")  # renamed into place: never half-written
+    tmp.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.replace(path)
     return summary
 
 
