@@ -20,9 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from instructforge.records import IdIndex, Record, new_record, rejected
+from instructforge.records import IdIndex, Record, id_problem, new_record, rejected
 
 SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
+INVALID_ID_PREFIX = "invalid-line-"  # + the line: the id of a row rejected as invalid
 
 
 class InputError(ValueError):
@@ -199,6 +200,13 @@ class InstructionSource:
         if problem is not None:
             return None, problem
         rec = self._record(row)
+        if problem := id_problem(rec["id"]):
+            return None, problem
+        if rec["id"].startswith(INVALID_ID_PREFIX):
+            # The id of the rejected row at that line: the two would clash in the run.
+            return None, (f"id {rec['id']!r} is reserved: ids starting with "
+                          f"{INVALID_ID_PREFIX!r} name the rows --skip-invalid rejects; "
+                          "rename it")
         if first := ids.first_seen(rec["id"], row.where):
             return None, f"duplicate id {rec['id']!r} (first at {first})"
         return rec, None
@@ -207,7 +215,7 @@ class InstructionSource:
         """A bad row as a rejected record (``skip_invalid``), or :class:`InputError`."""
         if not self.skip_invalid:
             raise InputError([f"{row.where}: {problem}"])
-        rec = new_record(f"invalid-line-{row.line}", method="input",
+        rec = new_record(f"{INVALID_ID_PREFIX}{row.line}", method="input",
                          source={"file": self.spec, "line": row.line})
         return rejected(rec, stage="input", rule="invalid_input",
                         reason=f"{row.where}: {problem}", evidence=row.data)

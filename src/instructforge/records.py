@@ -85,6 +85,18 @@ def rejected(record: Record, *, stage: str, rule: str, reason: str, evidence: An
     return out
 
 
+def id_problem(rid: str) -> str | None:
+    """Why ``rid`` cannot be a record id, or None when it can. ``state/done.txt`` holds one
+    id a line, so an id with a line break could never be marked done.
+
+    >>> id_problem("a-1") is None, id_problem("a\\nb") is None
+    (True, False)
+    """
+    if "\n" in rid or "\r" in rid:
+        return f"id {rid!r} contains a line break (\\n or \\r); ids must be one line"
+    return None
+
+
 def stable_id(*parts: object, length: int = 16) -> str:
     """A short deterministic id from its parts (same parts, same id, every run)."""
     h = hashlib.sha256("\x1f".join(str(p) for p in parts).encode("utf-8")).hexdigest()

@@ -262,13 +262,19 @@ def analyze(
     metrics["evaluations"] = evaluations(ds.run_dir)
     metrics["seconds"] = round(time.perf_counter() - t0, 2)
 
+    # metrics.json last, and each file renamed into place whole: a kill at any point leaves
+    # no metrics.json, or one that describes the per_record.jsonl beside it.
     metrics_path = out_dir / "metrics.json"
-    metrics_path.write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n",
-                            encoding="utf-8")
+    metrics_path.unlink(missing_ok=True)
     per_record_path = out_dir / "per_record.jsonl"
-    with per_record_path.open("w", encoding="utf-8") as fh:
+    tmp = per_record_path.with_name(per_record_path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as fh:
         for row in rows:
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    tmp.replace(per_record_path)
+    tmp = metrics_path.with_name(metrics_path.name + ".tmp")
+    tmp.write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.replace(metrics_path)
     report = None
     if cfg.report:
         from instructforge.analysis.report import build_report_data, write_report

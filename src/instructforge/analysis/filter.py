@@ -37,7 +37,7 @@ from instructforge.analysis.judge import (
     verdict_from_metadata,
 )
 from instructforge.analysis.ratings import DIFFICULTY_SCALE, QUALITY_SCALE, match_category
-from instructforge.engine import RunDir, write_parquet
+from instructforge.engine import RunDir, partial_path, write_parquet
 from instructforge.llm.base import LLM
 from instructforge.records import Record, instruction, rejected
 
@@ -204,7 +204,8 @@ def filter_dataset(
     """Filter ``source`` (run directory or dataset file) into the new run ``out_dir``.
 
     Raises :class:`FilterError` when a rating filter is asked for but ratings are missing
-    and no ``judge_llm`` is given, or when ``out_dir`` already holds data.
+    and no ``judge_llm`` is given, or when ``out_dir`` already holds data. The output is
+    built in ``OUT.partial`` and renamed when complete (see :func:`partial_path`).
     """
     cfg = config or FilterConfig()
     ds = source if isinstance(source, Dataset) else load_dataset(
@@ -213,10 +214,8 @@ def filter_dataset(
     out = Path(out_dir)
     if out.resolve() == Path(ds.source).resolve():
         raise FilterError(f"{out}: the output must be a new run directory, not the source")
-    if out.exists() and any(out.iterdir()):
-        if not cfg.overwrite:
-            raise FilterError(f"{out}: already exists and is not empty (use --overwrite)")
-        shutil.rmtree(out)
+    if out.exists() and any(out.iterdir()) and not cfg.overwrite:
+        raise FilterError(f"{out}: already exists and is not empty (use --overwrite)")
 
     verdicts: dict[str, Verdict] = {}
     if cfg.needs_ratings:
@@ -248,7 +247,11 @@ def filter_dataset(
     kept, dups = deduplicate(kept, cfg, embed_fn=embed_fn)
     dropped.extend(dups)
 
-    run = RunDir(out)
+    # Written whole under OUT.partial, then renamed: OUT is complete or absent, and a rerun
+    # after a kill starts the partial folder over.
+    staging = partial_path(out)
+    shutil.rmtree(staging, ignore_errors=True)
+    run = RunDir(staging)
     run.data.mkdir(parents=True, exist_ok=True)
     _write_jsonl(run.records, kept)
     _write_jsonl(run.rejected, [*ds.rejected, *dropped])
@@ -258,6 +261,9 @@ def filter_dataset(
     if ds.run_dir is not None and (ds.run_dir / "usage.json").exists():
         shutil.copyfile(ds.run_dir / "usage.json", run.usage)
     write_parquet(run)
+    if out.exists():
+        shutil.rmtree(out)  # empty, or --overwrite
+    staging.rename(out)
     return FilterResult(out, len(kept), dict(Counter(r["rejection"]["rule"] for r in dropped)),
                         len(ds.rejected))
 

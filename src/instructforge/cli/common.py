@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from instructforge.engine import JobAborted
+from instructforge.engine import JobAborted, RunDirError
 from instructforge.inputs import InputError
 from instructforge.llm import LLMError
 from instructforge.llm.urls import redact_urls
@@ -149,6 +149,9 @@ def handle_errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except InputError as e:
             console.print(f"[red]error:[/red] {e}", highlight=False)
+            raise typer.Exit(2) from None
+        except RunDirError as e:
+            console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False)
             raise typer.Exit(2) from None
         except (LLMError, JobAborted) as e:
             console.print(f"[red]error:[/red] {e}", highlight=False)

@@ -10,20 +10,36 @@ from instructforge.engine.run import (
     run_job,
     write_parquet,
 )
-from instructforge.engine.store import RunDir, Store, iter_jsonl
+from instructforge.engine.store import (
+    IdCollision,
+    OptionsChanged,
+    RunDir,
+    RunDirError,
+    RunLocked,
+    Store,
+    iter_jsonl,
+    partial_path,
+    unfinished_problem,
+)
 
 __all__ = [
     "Context",
+    "IdCollision",
     "JobAborted",
     "JobResult",
+    "OptionsChanged",
     "RequestCache",
     "RunDir",
+    "RunDirError",
+    "RunLocked",
     "Store",
     "Usage",
     "arun_job",
     "iter_jsonl",
+    "partial_path",
     "preflight",
     "request_key",
     "run_job",
+    "unfinished_problem",
     "write_parquet",
 ]

@@ -243,6 +243,29 @@ def run_sharded(
     if shards is not None and shards < 1:
         raise ShardingError(f"--shards must be >= 1, got {shards}")
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    with run.lock():
+        return _run_sharded(name, inputs, run, make_process, config, shards, executor,
+                            concurrency, progress, shared_cache, max_consecutive_failures,
+                            max_retries, num_cpus, num_gpus, union_filter)
+
+
+def _run_sharded(
+    name: str,
+    inputs: Iterable[Record],
+    run: RunDir,
+    make_process: MakeProcess,
+    config: dict[str, Any],
+    shards: int | None,
+    executor: str,
+    concurrency: int,
+    progress: bool,
+    shared_cache: str | os.PathLike[str] | None,
+    max_consecutive_failures: int,
+    max_retries: int,
+    num_cpus: float,
+    num_gpus: float,
+    union_filter: UnionFilter | None,
+) -> ShardedResult:
     t0 = time.perf_counter()
     # Checked before starting Ray: a wrong --shards or directory should fail at once.
     split = existing_manifest(run, shards)
@@ -252,7 +275,7 @@ def run_sharded(
             shards = max(1, int(ray.cluster_resources().get("CPU", 1)))
         manifest = partition(inputs, run, shards)
         n = manifest["shards"]
-        run.write_config({"job": name, **config, "executor": executor, "shards": n})
+        run.reopen({"job": name, **config, "executor": executor, "shards": n})
         options = {"concurrency": concurrency, "shared_cache": str(shared_cache) if shared_cache
                    else None, "max_consecutive_failures": max_consecutive_failures}
         roots = [str(shard_dir(run, i).root) for i in range(n)]

@@ -30,9 +30,9 @@ import pyarrow.parquet as pq
 from instructforge.engine.cache import RequestCache
 from instructforge.engine.context import Context
 from instructforge.engine.progress import JobProgress
-from instructforge.engine.store import RunDir, Store, iter_jsonl
+from instructforge.engine.store import RunDir, RunDirError, Store, iter_jsonl
 from instructforge.llm.base import LLM, LLMError
-from instructforge.records import Record
+from instructforge.records import Record, id_problem
 
 ProcessFn = Callable[[Record, Context], Awaitable[list[Record]]]
 
@@ -103,9 +103,30 @@ async def arun_job(
     ``status == "rejected"`` (invalid rows kept by ``--skip-invalid``) go straight to
     ``rejected.jsonl``. Raises :class:`JobAborted` after ``max_consecutive_failures`` inputs
     in a row fail with an :class:`LLMError`; everything finished is kept.
+
+    The job holds the run directory's lock (:class:`RunLocked` if another process has it)
+    and refuses a run made with options that change records (:class:`OptionsChanged`).
     """
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
-    run.write_config({"job": name, **config})
+    with run.lock():
+        run.reopen({"job": name, **config})
+        return await _run_locked(name, inputs, process, run, config, total, concurrency,
+                                 progress, llms, shared_cache, max_consecutive_failures)
+
+
+async def _run_locked(
+    name: str,
+    inputs: Iterable[Record],
+    process: ProcessFn,
+    run: RunDir,
+    config: dict[str, Any],
+    total: int | None,
+    concurrency: int,
+    progress: bool,
+    llms: Sequence[LLM],
+    shared_cache: str | os.PathLike[str] | None,
+    max_consecutive_failures: int,
+) -> JobResult:
     await preflight(llms)
     store = Store(run)
     cache = RequestCache(run.cache)
@@ -150,6 +171,8 @@ async def arun_job(
                     result.invalid += 1
                     bar.advance()
                     continue
+                if problem := id_problem(rec["id"]):
+                    raise RunDirError(f"input {problem}")
                 if store.is_done(rec["id"]):
                     result.skipped += 1
                     bar.advance()

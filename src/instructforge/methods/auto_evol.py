@@ -1205,6 +1205,22 @@ def auto_evolve(
     with e* as its only operation and the evol backend wrapped in :class:`SectionsLLM`, so
     responses, elimination, lineage, resume and ``summary.json`` are exactly ``evolve``'s.
     """
+    # One process at a time: the search's calls and the final pass both write the run.
+    with RunDir(run_dir).lock():
+        return _auto_evolve(input_path, run_dir, config, models=models, api_key=api_key,
+                            progress=progress, log=log)
+
+
+def _auto_evolve(
+    input_path: str | Path,
+    run_dir: str | Path,
+    config: AutoEvolConfig | None,
+    *,
+    models: SearchModels | None,
+    api_key: str | None,
+    progress: bool,
+    log: Any,
+) -> AutoEvolResult:
     cfg = config or AutoEvolConfig()
     models = models or SearchModels.build(cfg, api_key)
     found = search(input_path, run_dir, cfg, models=models, api_key=api_key, log=log)

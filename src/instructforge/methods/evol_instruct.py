@@ -25,7 +25,9 @@ from __future__ import annotations
 import functools
 import json
 import random
+import re
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -35,11 +37,18 @@ import jinja2
 import jinja2.meta
 
 from instructforge.engine import Context, JobResult, RunDir, run_job
-from instructforge.inputs import InstructionSource
+from instructforge.inputs import InputError, InstructionSource
 from instructforge.llm import LLM, Completion, SamplingParams
 from instructforge.methods import eliminate as el
 from instructforge.methods.respond import ModelConfig, build_roles, distinct, respond_to
-from instructforge.records import Record, instruction, new_record, rejected, stable_seed
+from instructforge.records import (
+    IdIndex,
+    Record,
+    instruction,
+    new_record,
+    rejected,
+    stable_seed,
+)
 
 METHOD = "evol_instruct"
 # Record `method` values this module writes: Auto Evol-Instruct runs its final pass here.
@@ -431,6 +440,8 @@ def evolve(
         input_path, column=cfg.column, skip_invalid=cfg.skip_invalid, limit=cfg.limit
     )
     total = source.validate()  # bad config or input fails before any server starts
+    if cfg.keep_seeds:
+        check_seed_ids(source, cfg.rounds)
     if cfg.executor != "local":
         if models is not None:
             raise EvolError("models= objects cannot travel to Ray workers; give model specs")
@@ -466,6 +477,44 @@ def evolve(
     )
     write_summary(run_dir)
     return result
+
+
+_CHILD_ID = re.compile(r"(.*)-r([1-9][0-9]*)")
+
+
+def check_seed_ids(seeds: Iterable[Record], rounds: int) -> None:
+    """Refuse seeds whose ids clash with the children's: with ``keep_seeds`` a seed is
+    written under its own id beside its children ``SEED-r1``, ``SEED-r2``..., so seeds
+    ``a`` and ``a-r1`` would both write ``a-r1``. Raises :class:`InputError` naming both.
+
+    >>> check_seed_ids([new_record("a", "x", method="input"),
+    ...                 new_record("a-r1", "y", method="input")], rounds=2)
+    Traceback (most recent call last):
+    ...
+    instructforge.inputs.InputError: invalid input:
+      seed id 'a-r1' is also the id of round 1 of seed 'a'; with --keep-seeds both would be written under it (rename one)
+    """
+    def where(rec: Record) -> str:
+        src = rec.get("source") or {}
+        return f"{src['file']}:{src['line']}: " if src.get("file") else ""
+
+    problems: list[str] = []
+    with IdIndex() as ids:
+        for rec in seeds:
+            if rec.get("status") != "rejected":
+                ids.add(rec["id"], where(rec))
+        for rec in seeds:
+            m = _CHILD_ID.fullmatch(rec["id"])
+            if rec.get("status") == "rejected" or not m or int(m[2]) > rounds \
+                    or m[1] not in ids:
+                continue
+            at = ids.first_seen(m[1], "") or ""
+            problems.append(
+                f"{where(rec)}seed id {rec['id']!r} is also the id of round {m[2]} of seed "
+                f"{m[1]!r}{f' ({at[:-2]})' if at else ''}; with --keep-seeds both would be "
+                "written under it (rename one)")
+    if problems:
+        raise InputError(problems[:20], len(problems))
 
 
 def evol_job(
@@ -555,7 +604,9 @@ def write_summary(run_dir: str | Path) -> dict[str, Any]:
     """Compute :func:`summarise` and save it as ``RUN_DIR/summary.json``."""
     summary = summarise(run_dir)
     path = Path(run_dir) / "summary.json"
-    path.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp = path.with_name(path.name + ".tmp")  # renamed into place: never half-written
+    tmp.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.replace(path)
     return summary
 
 

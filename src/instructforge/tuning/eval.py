@@ -35,6 +35,7 @@ from instructforge.tuning import gsm8k, humaneval, judge
 from instructforge.tuning.hf_llm import HFModel, is_hf_model_dir
 from instructforge.tuning.prompts import render
 from instructforge.tuning.sandbox import sandbox_problem
+from instructforge.tuning.train import unfinished_model
 
 TASKS = ("pairwise", "gsm8k", "code")
 DATA_DIR = Path(__file__).parent.parent / "data"
@@ -152,6 +153,8 @@ def make_eval_llm(spec: str, device: str = "auto") -> LLM:
 
     >>> # make_eval_llm("models/evolved"), make_eval_llm("embedded")
     """
+    if problem := unfinished_model(spec):
+        raise EvalError(problem)
     if is_hf_model_dir(spec):
         return HFModel(spec, device=device)
     return make_llm(spec)

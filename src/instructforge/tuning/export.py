@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from instructforge.engine.store import partial_path, unfinished_problem
 from instructforge.records import Record
 
 FORMATS = ("messages", "alpaca", "sharegpt")
@@ -60,15 +61,14 @@ def records_path(run: str | Path) -> Path:
 def read_records(path: str | Path) -> Iterator[tuple[int, Record]]:
     """Yield ``(line_number, record)`` from a records JSONL file, checking each record's chat.
 
-    Raises :class:`ExportError` naming the file, line and field for anything malformed.
+    Raises :class:`ExportError` naming the file, line and field for anything malformed,
+    and for an unfinished input: a folder still being written (``OUT.partial``, or a run
+    a job holds) or a last record cut short by a kill.
 
     >>> # for line, rec in read_records("runs/demo/data/records.jsonl"): ...
     """
     path = Path(path)
-    if not path.exists():
-        raise ExportError(
-            f"{path}: no such file (expected a run directory with data/records.jsonl)"
-        )
+    check_input(path)
     with path.open("rb") as fh:
         for line_no, raw in enumerate(fh, start=1):
             if not raw.strip():
@@ -78,12 +78,31 @@ def read_records(path: str | Path) -> Iterator[tuple[int, Record]]:
             except UnicodeDecodeError as e:
                 raise ExportError(f"{path}:{line_no}: not valid UTF-8 ({e.reason})") from None
             except json.JSONDecodeError as e:
+                if not raw.endswith(b"\n"):
+                    raise ExportError(
+                        f"{path}:{line_no}: the last record is cut short (the job writing it "
+                        "was stopped); rerun that job, which repairs the file"
+                    ) from None
                 raise ExportError(f"{path}:{line_no}: invalid JSON ({e.msg})") from None
             if not isinstance(rec, dict):
                 got = type(rec).__name__
                 raise ExportError(f"{path}:{line_no}: expected a JSON object, got {got}")
             _check_messages(rec.get("messages"), f"{path}:{line_no}")
             yield line_no, rec
+
+
+def check_input(path: Path) -> None:
+    """Raise :class:`ExportError` unless the records file ``path`` exists and is finished
+    (not in an ``OUT.partial`` folder, not in a run a job still holds)."""
+    if problem := unfinished_problem(path):
+        raise ExportError(problem)
+    if not path.exists():
+        run = path.parent.parent if path.parent.name == "data" else path
+        hint = (f"; {partial_path(run)} is an unfinished output: rerun the command that "
+                "writes it" if partial_path(run).exists() else "")
+        raise ExportError(
+            f"{path}: no such file (expected a run directory with data/records.jsonl){hint}"
+        )
 
 
 def _check_messages(messages: Any, where: str) -> None:
@@ -203,6 +222,7 @@ def export_run(
     if fmt not in CONVERTERS:
         raise ExportError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     src = records_path(run)
+    check_input(src)  # before creating anything beside it
     if output is None:
         base = src.parent.parent if src.parent.name == "data" else src.parent
         output = base / "export" / f"{fmt}.jsonl"

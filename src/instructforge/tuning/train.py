@@ -7,9 +7,9 @@ Doing the masking ourselves works with any prefix-preserving template; TRL's bui
 ``assistant_only_loss`` needs ``{% generation %}`` markers that most templates (SmolLM2's
 included) lack, and TRL can patch only a fixed list of known templates.
 
-Checkpoints go to ``MODEL_DIR/checkpoints`` and a rerun resumes from the last one; the final
-model (LoRA adapters merged) is a plain Hugging Face folder that ``eval`` and ``transformers``
-load directly.
+Checkpoints go to ``MODEL_DIR/checkpoints`` and a rerun resumes from the last complete one;
+the final model (LoRA adapters merged) is a plain Hugging Face folder that ``eval`` and
+``transformers`` load directly, whole once ``instructforge_train.json`` is written (last).
 
 >>> # res = train("runs/demo", TrainConfig(base_model="embedded", output_dir="models/demo"))
 >>> # print(res.losses[0], res.losses[-1])
@@ -20,9 +20,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,9 @@ from typing import Any
 from instructforge.tuning.export import read_records, records_path, training_messages
 
 CHATML_TEMPLATE = Path(__file__).parent.parent / "prompts" / "tuning" / "chatml.jinja"
+# Written last, when the final model is whole: a model folder without it is unfinished.
+TRAIN_META = "instructforge_train.json"
+FINAL_STAGING = ".final.partial"  # the final model is saved here, then moved into place
 CHATML_TOKENS = ("<|im_start|>", "<|im_end|>")
 IGNORE_INDEX = -100  # the label value PyTorch's cross-entropy skips
 
@@ -217,6 +222,72 @@ def load_conversations(run: str | Path, limit: int | None = None) -> list[list[d
     return chats
 
 
+# ---------------------------------------------------------------------------- saving
+
+
+def last_checkpoint(ckpt_dir: Path) -> str | None:
+    """The newest complete checkpoint in ``ckpt_dir`` (None when there is none).
+
+    The Trainer writes ``trainer_state.json`` last; a checkpoint without it was cut by a
+    kill, and resuming from it would restart the step count (training past ``max_steps``),
+    so it is removed.
+
+    >>> last_checkpoint(Path("no-such-folder")) is None
+    True
+    """
+    if not ckpt_dir.is_dir():
+        return None
+    complete: list[tuple[int, Path]] = []
+    for p in ckpt_dir.iterdir():
+        m = re.fullmatch(r"checkpoint-(\d+)", p.name)
+        if m is None or not p.is_dir():
+            continue
+        if (p / "trainer_state.json").is_file():
+            complete.append((int(m[1]), p))
+        else:
+            shutil.rmtree(p)
+    return str(max(complete)[1]) if complete else None
+
+
+def save_final(out: Path, write: Callable[[Path], None], meta: dict[str, Any]) -> None:
+    """Save the final model into ``out`` so that it is whole or visibly unfinished.
+
+    ``write(folder)`` writes the model files into a staging folder inside ``out``; they are
+    moved into place, then :data:`TRAIN_META` is written last (atomically). Until then
+    ``out`` has no :data:`TRAIN_META` and ``eval`` refuses it (:func:`unfinished_model`).
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    (out / TRAIN_META).unlink(missing_ok=True)
+    staging = out / FINAL_STAGING
+    shutil.rmtree(staging, ignore_errors=True)
+    write(staging)
+    for f in staging.iterdir():
+        dest = out / f.name
+        if dest.is_dir():
+            shutil.rmtree(dest)
+        os.replace(f, dest)
+    staging.rmdir()
+    tmp = out / (TRAIN_META + ".tmp")
+    tmp.write_text(json.dumps(meta, indent=2) + "\n")
+    tmp.replace(out / TRAIN_META)
+
+
+def unfinished_model(path: str | Path) -> str | None:
+    """Why ``path`` is an unfinished ``train`` output, or None (also for any model folder
+    that ``train`` did not write).
+
+    >>> unfinished_model("no-such-folder") is None
+    True
+    """
+    p = Path(path).expanduser()
+    if not p.is_dir() or (p / TRAIN_META).exists():
+        return None
+    if (p / "checkpoints").is_dir() or (p / FINAL_STAGING).exists():
+        return (f"{p}: an unfinished `train` output (no {TRAIN_META}: training or its final "
+                "save was stopped); rerun the same train command to finish it")
+    return None
+
+
 # ---------------------------------------------------------------------------- training
 
 
@@ -289,7 +360,6 @@ def train(run: str | Path, config: TrainConfig) -> TrainResult:
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.trainer_utils import get_last_checkpoint
     from trl import SFTConfig, SFTTrainer
 
     started = time.monotonic()
@@ -298,6 +368,8 @@ def train(run: str | Path, config: TrainConfig) -> TrainResult:
     device = _device(config.device)
     out = Path(config.output_dir)
     ckpt_dir = out / "checkpoints"
+    # The folder is being rewritten: until the final save completes it is not a model.
+    (out / TRAIN_META).unlink(missing_ok=True)
 
     tokenizer = AutoTokenizer.from_pretrained(base)
     added_template = ensure_chat_template(tokenizer)
@@ -359,16 +431,18 @@ def train(run: str | Path, config: TrainConfig) -> TrainResult:
         processing_class=tokenizer,
         peft_config=peft_config,
     )
-    last = get_last_checkpoint(str(ckpt_dir)) if config.resume and ckpt_dir.is_dir() else None
+    last = last_checkpoint(ckpt_dir) if config.resume else None
     trainer.train(resume_from_checkpoint=last)
 
     final = trainer.model
     if config.lora:
         # Merge the adapters so the result is a plain model every loader understands.
         final = final.merge_and_unload()
-    out.mkdir(parents=True, exist_ok=True)
-    final.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+
+    def write(folder: Path) -> None:
+        final.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+
     losses = [
         (int(e["step"]), float(e["loss"])) for e in trainer.state.log_history if "loss" in e
     ]
@@ -391,5 +465,5 @@ def train(run: str | Path, config: TrainConfig) -> TrainResult:
         "config": asdict(config),
         **result.to_dict(),
     }
-    (out / "instructforge_train.json").write_text(json.dumps(meta, indent=2) + "\n")
+    save_final(out, write, meta)
     return result
