@@ -170,11 +170,12 @@ async def tag_all(records: list[dict[str, Any]], llm: LLM, ctx: Context) -> list
     return [r["tags"] for r in results]
 
 
-def evolve_quality(spec: str, seeds: int, rounds: int, run_dir: Path) -> None:
+def evolve_quality(spec: str, seeds: int, rounds: int, run_dir: Path,
+                   response_max_tokens: int = 256) -> None:
     seeds_file = held_out_seeds(SHARED_SEEDS, seeds, run_dir.parent / "held_out_seeds.jsonl")
     role = ModelConfig(spec)
     cfg = EvolConfig(evol_llm=role, response_llm=role, judge_llm=role, rounds=rounds,
-                     response_max_tokens=256)
+                     response_max_tokens=response_max_tokens)
     t0 = time.perf_counter()
     evolve(seeds_file, run_dir, cfg, progress=False)
     print(f"\nevolve with {spec}: {seeds} seeds x {rounds} rounds in "
@@ -228,6 +229,7 @@ def main() -> None:
     ap.add_argument("--evolve", default=None, help="model spec for the evolve run (part 2)")
     ap.add_argument("--seeds", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--response-max-tokens", type=int, default=256)
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--cache-dir", default=str(Path(tempfile.gettempdir()) / "bench_quality"))
     ap.add_argument("--json", default=None, help="also write the figures here")
@@ -246,7 +248,7 @@ def main() -> None:
     if args.evolve:
         run_dir = cache / f"evolve-{int(time.time())}" / "run"
         run_dir.parent.mkdir(parents=True)
-        evolve_quality(args.evolve, args.seeds, args.rounds, run_dir)
+        evolve_quality(args.evolve, args.seeds, args.rounds, run_dir, args.response_max_tokens)
 
 
 if __name__ == "__main__":

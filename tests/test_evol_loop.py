@@ -52,7 +52,7 @@ class ScriptedLLM(LLM):
             return "evolve"
         if prompt.startswith("Here are two instructions"):
             return "judge"
-        if prompt.startswith("A rewriting model was asked"):
+        if prompt.startswith("A model was asked to rewrite an instruction"):
             return "instruction_judge"
         if prompt.startswith("An instruction was rewritten"):
             return "task_judge"
