@@ -25,6 +25,12 @@ from instructforge.records import IdIndex, Record, new_record, rejected
 SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 
 
+def _not_utf8(e: UnicodeDecodeError, start: int) -> str:
+    """The bad byte and its offset in the file (the decoded part starts at ``start``)."""
+    return (f"not UTF-8 text: byte 0x{e.object[e.start]:02x} at file offset {start + e.start} "
+            f"({e.reason})")
+
+
 class InputError(ValueError):
     """Bad input, with every problem located (file, line/row, field)."""
 
@@ -85,12 +91,14 @@ class InstructionSource:
     def _rows(self) -> Iterator[Row]:
         name = self.spec
         if self.kind == "jsonl":
+            offset = 0  # of the line in the file, for a byte-exact location
             with open(self.path, "rb") as f:
                 for n, raw in enumerate(f, 1):
+                    start, offset = offset, offset + len(raw)
                     try:
                         text = raw.decode("utf-8")
                     except UnicodeDecodeError as e:
-                        yield Row(f"{name}:{n}", n, None, f"not UTF-8 text ({e.reason} at byte {e.start})")
+                        yield Row(f"{name}:{n}", n, None, _not_utf8(e, start))
                         continue
                     if not text.strip():
                         continue
@@ -101,10 +109,12 @@ class InstructionSource:
                         continue
                     yield self._obj(f"{name}:{n}", n, data)
         elif self.kind == "json":
+            raw = self.path.read_bytes()
             try:
-                data = json.loads(self.path.read_bytes().decode("utf-8"))
+                data = json.loads(raw.decode("utf-8"))
             except UnicodeDecodeError as e:
-                yield Row(name, 0, None, f"not UTF-8 text ({e.reason} at byte {e.start})")
+                line = raw.count(b"\n", 0, e.start) + 1
+                yield Row(f"{name}:{line}", line, None, _not_utf8(e, 0))
                 return
             except json.JSONDecodeError as e:
                 yield Row(f"{name}:{e.lineno}", e.lineno, None, f"invalid JSON: {e.msg}")
@@ -117,13 +127,7 @@ class InstructionSource:
             for i, item in enumerate(data):
                 yield self._obj(f"{name} item {i}", i + 1, item)
         elif self.kind == "csv":
-            try:
-                with open(self.path, encoding="utf-8", newline="") as f:
-                    reader = csv.DictReader(f)
-                    for item in reader:
-                        yield self._obj(f"{name}:{reader.line_num}", reader.line_num, item)
-            except UnicodeDecodeError as e:
-                yield Row(name, 0, None, f"not UTF-8 text ({e.reason} at byte {e.start})")
+            yield from self._csv_rows()
         elif self.kind == "parquet":
             import pyarrow.parquet as pq
 
@@ -135,6 +139,53 @@ class InstructionSource:
         else:
             for n, item in enumerate(self._hf_rows(), 1):
                 yield self._obj(f"{name} row {n}", n, item)
+
+    def _csv_rows(self) -> Iterator[Row]:
+        """CSV rows, decoded line by line: a bad byte costs its row only.
+
+        A row is located by its last line (a quoted field may span several), as ``csv``
+        counts; the problem names the exact line and byte of a decoding error."""
+        name = self.spec
+        undecodable: dict[int, str] = {}  # physical line -> what is wrong with it
+
+        def lines() -> Iterator[str]:
+            n = offset = 0
+            with open(self.path, "rb") as f:
+                for chunk in f:
+                    # csv wants lines with their endings; "\r"-only endings count as lines
+                    # too, as in text mode with newline="".
+                    for raw in chunk.splitlines(keepends=True):
+                        n, start, offset = n + 1, offset, offset + len(raw)
+                        try:
+                            yield raw.decode("utf-8")
+                        except UnicodeDecodeError as e:
+                            undecodable[n] = _not_utf8(e, start)
+                            yield raw.decode("utf-8", errors="replace")
+
+        reader = csv.reader(lines())
+        header: list[str] | None = None
+        last = 0
+        for fields in reader:
+            first, last = last + 1, reader.line_num
+            where = f"{name}:{last}"
+            bad = [n for n in range(first, last + 1) if n in undecodable]
+            problem = None
+            if bad:
+                problem = undecodable[bad[0]] + (f" on line {bad[0]}" if bad[0] != last else "")
+                for n in bad:
+                    del undecodable[n]
+            if header is None:
+                if problem:
+                    raise InputError([f"{where}: the header line is unreadable: {problem}"])
+                if fields:
+                    header = fields
+                continue
+            if not fields:  # a blank line
+                continue
+            if problem:
+                yield Row(where, last, None, problem)
+            else:  # a short row lacks its last fields
+                yield Row(where, last, dict(zip(header, fields, strict=False)))
 
     def _hf_rows(self) -> Iterator[dict[str, Any]]:
         import datasets
