@@ -199,3 +199,52 @@ def test_hf_dataset_saved_to_disk_is_read(tmp_path):
 
     datasets.Dataset.from_dict({"instruction": ["a", "b"]}).save_to_disk(tmp_path / "ds")
     assert len(list(InstructionSource(tmp_path / "ds"))) == 2
+
+
+def test_a_damaged_parquet_file_is_a_located_input_error(tmp_path):
+    p = write(tmp_path, "a.parquet", b"PAR1 not really parquet")
+    assert f"{p}: not a readable Parquet file" in problems(p)
+
+
+def test_a_csv_field_over_128_kib_is_read_whole(tmp_path):
+    long = "word " * 60_000  # 300 KB, over csv's default field limit
+    p = write(tmp_path, "a.csv", f'instruction\n"{long}"\nshort\n')
+    texts = [r["messages"][0]["content"] for r in InstructionSource(p)]
+    assert texts == [long.strip(), "short"]
+
+
+def test_a_csv_row_with_extra_fields_names_its_line(tmp_path):
+    p = write(tmp_path, "a.csv", "instruction,id\nHello, world,a\nFine,b\n")
+    assert f"{p}:2: 3 fields but the header has 2" in problems(p)
+    recs = list(InstructionSource(p, skip_invalid=True))
+    assert [r["status"] for r in recs] == ["rejected", "kept"]
+
+
+def test_a_short_csv_row_lacks_its_last_fields(tmp_path):
+    p = write(tmp_path, "a.csv", "id,instruction\nonly-an-id\n")
+    assert f"{p}:2: field 'instruction' is missing (fields present: id;" in problems(p)
+
+
+def test_a_folder_that_is_not_a_saved_dataset_is_reported(tmp_path):
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "a.txt").write_text("hi")
+    assert "not a dataset saved with Dataset.save_to_disk" in problems(tmp_path / "notes")
+
+
+def test_a_missing_split_of_a_saved_dataset_dict_names_the_splits(tmp_path):
+    import datasets
+
+    ds = datasets.Dataset.from_dict({"instruction": ["a"]})
+    datasets.DatasetDict({"test": ds}).save_to_disk(tmp_path / "dd")
+    assert "no split 'train' (splits: test)" in problems(tmp_path / "dd")
+
+
+def test_an_uncached_hub_dataset_offline_says_how_to_get_it(monkeypatch):
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", True)
+    text = problems("hf:instructforge-tests/never-cached")
+    assert "hf:instructforge-tests/never-cached: offline mode is on" in text
+    assert "not in the local cache" in text
+    assert "save_to_disk" in text

@@ -25,6 +25,10 @@ from instructforge.records import IdIndex, Record, new_record, rejected
 SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 
 
+# Large enough for any real field and within a C long on every platform.
+_CSV_FIELD_LIMIT = 2**31 - 1
+
+
 def _not_utf8(e: UnicodeDecodeError, start: int) -> str:
     """The bad byte and its offset in the file (the decoded part starts at ``start``)."""
     return (f"not UTF-8 text: byte 0x{e.object[e.start]:02x} at file offset {start + e.start} "
@@ -129,23 +133,30 @@ class InstructionSource:
         elif self.kind == "csv":
             yield from self._csv_rows()
         elif self.kind == "parquet":
+            import pyarrow as pa
             import pyarrow.parquet as pq
 
             n = 0
-            for batch in pq.ParquetFile(self.path).iter_batches(batch_size=4096):
-                for item in batch.to_pylist():
-                    n += 1
-                    yield self._obj(f"{name} row {n}", n, item)
+            try:
+                for batch in pq.ParquetFile(self.path).iter_batches(batch_size=4096):
+                    for item in batch.to_pylist():
+                        n += 1
+                        yield self._obj(f"{name} row {n}", n, item)
+            except (pa.ArrowException, OSError) as e:  # a damaged or truncated file
+                at = f" at row {n + 1}" if n else ""
+                raise InputError([f"{name}: not a readable Parquet file{at} ({e})"]) from None
         else:
             for n, item in enumerate(self._hf_rows(), 1):
                 yield self._obj(f"{name} row {n}", n, item)
 
     def _csv_rows(self) -> Iterator[Row]:
-        """CSV rows, decoded line by line: a bad byte costs its row only.
+        """CSV rows, decoded line by line: a bad byte or a malformed row costs that row only.
 
         A row is located by its last line (a quoted field may span several), as ``csv``
         counts; the problem names the exact line and byte of a decoding error."""
         name = self.spec
+        # The csv module refuses fields over 128 KiB by default; a long instruction is data.
+        csv.field_size_limit(_CSV_FIELD_LIMIT)
         undecodable: dict[int, str] = {}  # physical line -> what is wrong with it
 
         def lines() -> Iterator[str]:
@@ -184,6 +195,10 @@ class InstructionSource:
                 continue
             if problem:
                 yield Row(where, last, None, problem)
+            elif len(fields) > len(header):
+                yield Row(where, last, None,
+                          f"{len(fields)} fields but the header has {len(header)} (quote a "
+                          "field that contains a comma)")
             else:  # a short row lacks its last fields
                 yield Row(where, last, dict(zip(header, fields, strict=False)))
 
@@ -191,13 +206,35 @@ class InstructionSource:
         import datasets
 
         if self.kind == "hf-disk":
-            ds = datasets.load_from_disk(str(self.path))
+            try:
+                ds = datasets.load_from_disk(str(self.path))
+            except FileNotFoundError:
+                raise InputError([
+                    f"{self.spec}: a folder, but not a dataset saved with "
+                    "Dataset.save_to_disk; pass a .jsonl, .json, .parquet or .csv file, such a "
+                    "folder, or hf:NAME[:split]"]) from None
             if isinstance(ds, datasets.DatasetDict):
+                if self.split not in ds:
+                    raise InputError([f"{self.spec}: no split {self.split!r} (splits: "
+                                      f"{', '.join(ds)})"])
                 ds = ds[self.split]
             yield from ds
-        else:
-            name, _, split = self.spec[3:].partition(":")
+            return
+        name, _, split = self.spec[3:].partition(":")
+        try:
             yield from datasets.load_dataset(name, split=split or self.split, streaming=True)
+        except (OSError, ValueError, datasets.exceptions.DatasetsError) as e:
+            # Network, a missing dataset or split: datasets raises each as its own type.
+            save = (f'python -c "import datasets; datasets.load_dataset({name!r}, '
+                    f"split={split or self.split!r}).save_to_disk('{name.replace('/', '_')}')\"")
+            if any(getattr(datasets.config, v, False)
+                   for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")):
+                raise InputError([
+                    f"{self.spec}: offline mode is on (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE) "
+                    f"and the dataset is not in the local cache ({e}). On a machine with "
+                    f"network access, save it with {save} and pass that folder, or run "
+                    "without offline mode"]) from None
+            raise InputError([f"{self.spec}: cannot load the Hugging Face dataset ({e})"]) from None
 
     @staticmethod
     def _obj(where: str, line: int, item: Any) -> Row:

@@ -28,6 +28,7 @@ from instructforge.cli.common import (
     console,
     handle_errors,
     out,
+    print_error,
 )
 from instructforge.llm.base import LLM
 
@@ -70,12 +71,12 @@ def _analysis_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except (DatasetError, FilterError, ValueError) as e:
-            console.print(f"[red]error:[/red] {e}", highlight=False)
+            print_error(e)
             raise typer.Exit(2) from None
         except RuntimeError as e:  # e.g. the analysis extra is not installed
             if type(e) is not RuntimeError:
                 raise
-            console.print(f"[red]error:[/red] {e}", highlight=False)
+            print_error(e)
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]

@@ -25,6 +25,7 @@ from instructforge.cli.common import (
     console,
     handle_errors,
     out,
+    print_error,
     print_plan,
     print_usage,
 )
@@ -189,7 +190,7 @@ def auto_evol_cmd(
         result = auto_evolve(input, output, cfg, api_key=api_key, progress=progress,
                              log=lambda msg: console.print(msg, highlight=False))
     except (AutoEvolError, EvolError) as e:
-        console.print(f"[red]error:[/red] {e}", highlight=False)
+        print_error(e)
         raise typer.Exit(2) from None
     print_search(result.search)
     console.print(f"method history: {Path(output) / 'methods'}", highlight=False)

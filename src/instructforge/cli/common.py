@@ -13,6 +13,7 @@ import click
 import typer
 import yaml
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from instructforge.engine import JobAborted
@@ -137,6 +138,12 @@ ShardsOpt = Annotated[
 ]
 
 
+def print_error(message: object) -> None:
+    """``error: MESSAGE`` on stderr, the message as written: its brackets (an install hint
+    like ``instructforge[train]``, a file name, a row's text) are never read as markup."""
+    console.print(f"[red]error:[/red] {escape(str(message))}", highlight=False)
+
+
 def handle_errors(fn: F) -> F:
     """Turn expected failures into a clear message and exit code, never a bare traceback."""
 
@@ -145,10 +152,10 @@ def handle_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except InputError as e:
-            console.print(f"[red]error:[/red] {e}", highlight=False)
+            print_error(e)
             raise typer.Exit(2) from None
         except (LLMError, JobAborted) as e:
-            console.print(f"[red]error:[/red] {e}", highlight=False)
+            print_error(e)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             console.print("interrupted; rerun the same command to resume.")

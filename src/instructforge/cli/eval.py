@@ -8,7 +8,15 @@ from typing import Annotated
 
 import typer
 
-from instructforge.cli.common import ConfigOpt, ProgressOpt, app, console, handle_errors, out
+from instructforge.cli.common import (
+    ConfigOpt,
+    ProgressOpt,
+    app,
+    console,
+    handle_errors,
+    out,
+    print_error,
+)
 
 
 class Task(StrEnum):
@@ -63,7 +71,7 @@ def eval_cmd(
     try:
         res = evaluate(cfg, output, run_dir=run)
     except EvalError as e:
-        console.print(f"[red]error:[/red] {e}", highlight=False)
+        print_error(e)
         raise typer.Exit(2) from None
     out.print(results_table(res), markup=False, highlight=False)
     console.print(f"results: {output / 'results.json'}", highlight=False)

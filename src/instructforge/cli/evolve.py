@@ -27,6 +27,7 @@ from instructforge.cli.common import (
     console,
     handle_errors,
     out,
+    print_error,
     print_plan,
     print_usage,
 )
@@ -176,7 +177,7 @@ def evolve_cmd(
             return
         result = run_evolve(input, output, cfg, api_key=api_key, progress=progress)
     except EvolError as e:
-        console.print(f"[red]error:[/red] {e}", highlight=False)
+        print_error(e)
         raise typer.Exit(2) from None
     print_usage(result.usage)
     print_summary(write_summary(output))
@@ -260,7 +261,7 @@ def lineage_cmd(
     try:
         records = chain_records(run_dir, record_id)
     except EvolError as e:
-        console.print(f"[red]error:[/red] {e}", highlight=False)
+        print_error(e)
         raise typer.Exit(2) from None
     if as_json:
         import json

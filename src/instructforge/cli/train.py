@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from instructforge.cli.common import ConfigOpt, ProgressOpt, app, console
+from instructforge.cli.common import ConfigOpt, ProgressOpt, app, console, print_error
 from instructforge.tuning.export import ExportError
 
 
@@ -58,7 +58,7 @@ def train_cmd(
     try:
         res = train(run_dir, cfg)
     except (TrainError, ExportError) as e:
-        console.print(f"[red]error:[/red] {e}", highlight=False)
+        print_error(e)
         raise typer.Exit(2) from None
     first = res.losses[0][1] if res.losses else float("nan")
     last = res.losses[-1][1] if res.losses else float("nan")
@@ -89,12 +89,12 @@ def experiment_cmd(
     for item in set_ or []:
         name, sep, value = item.partition("=")
         if not sep:
-            console.print(f"[red]error:[/red] --set {item!r}: expected NAME=VALUE")
+            print_error(f"--set {item!r}: expected NAME=VALUE")
             raise typer.Exit(2)
         overrides[name.strip()] = value
     try:
         run_experiment(recipe, overrides=overrides, only=step, dry_run=dry_run,
                        echo=lambda s: console.print(s, highlight=False, markup=False))
     except RecipeError as e:
-        console.print(f"[red]error:[/red] {e}", highlight=False)
+        print_error(e)
         raise typer.Exit(2) from None
