@@ -27,7 +27,8 @@ def test_help_lists_the_commands():
 
 
 def test_respond_help_documents_options_and_an_example():
-    res = runner.invoke(app, ["respond", "--help"], terminal_width=200)
+    # Typer's rich help takes its width from COLUMNS (terminal_width alone is ignored).
+    res = runner.invoke(app, ["respond", "--help"], terminal_width=200, env={"COLUMNS": "200"})
     assert res.exit_code == 0
     for opt in ("--base-url", "--dry-run", "--skip-invalid", "--config", "--max-concurrency"):
         assert opt in res.output

@@ -34,6 +34,14 @@ out = Console()
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def positive(value: float | None) -> float | None:
+    """Option callback: the value must be above 0 (``min=`` allows the bound itself). Like
+    ``min=``/``max=``, it checks values from a ``--config`` recipe too."""
+    if value is not None and value <= 0:
+        raise typer.BadParameter(f"must be > 0, got {value:g}")
+    return value
+
+
 def load_recipe(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
     """``--config recipe.yaml``: its keys become the defaults of the command's options
     (flags given on the command line still win)."""
@@ -101,11 +109,12 @@ ModelPathOpt = Annotated[
 ]
 MaxConcurrencyOpt = Annotated[
     int | None,
-    typer.Option("--max-concurrency", help="Requests in flight per backend (default: 16; "
-                 "embedded: its slots + 4)."),
+    typer.Option("--max-concurrency", min=1, help="Requests in flight per backend (default: "
+                 "16; embedded: its slots + 4)."),
 ]
 TimeoutOpt = Annotated[
-    float | None, typer.Option("--timeout", help="Per-request timeout in seconds.")
+    float | None,
+    typer.Option("--timeout", callback=positive, help="Per-request timeout in seconds (> 0)."),
 ]
 DryRunOpt = Annotated[
     bool,
@@ -121,7 +130,9 @@ SkipInvalidOpt = Annotated[
 ColumnOpt = Annotated[
     str, typer.Option("--column", help="Input field that holds the instruction.")
 ]
-LimitOpt = Annotated[int | None, typer.Option("--limit", help="Use only the first N records.")]
+LimitOpt = Annotated[
+    int | None, typer.Option("--limit", min=1, help="Use only the first N records.")
+]
 SharedCacheOpt = Annotated[
     str | None,
     typer.Option("--shared-cache", help="Extra SQLite request cache shared between runs."),
@@ -133,7 +144,7 @@ ExecutorOpt = Annotated[
 ]
 ShardsOpt = Annotated[
     int | None,
-    typer.Option("--shards", help="Shards for --executor ray (default: the cluster's CPUs; "
+    typer.Option("--shards", min=1, help="Shards for --executor ray (default: the cluster's CPUs; "
                  "fixed once a run directory is split)."),
 ]
 

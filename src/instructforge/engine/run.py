@@ -104,6 +104,8 @@ async def arun_job(
     ``rejected.jsonl``. Raises :class:`JobAborted` after ``max_consecutive_failures`` inputs
     in a row fail with an :class:`LLMError`; everything finished is kept.
     """
+    if concurrency < 1:  # no record could ever start: the job would wait forever
+        raise ValueError(f"concurrency must be >= 1, got {concurrency}")
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     run.write_config({"job": name, **config})
     await preflight(llms)
