@@ -125,7 +125,8 @@ def test_train_without_the_train_extra_says_how_to_install_it(tmp_path, monkeypa
                         terminal_width=300)
     assert res.exit_code == 2, res.output
     assert "train needs the train extra (torch is missing)" in res.output.replace("\n", "")
-    assert "pip install 'instructforge[train]' or bash scripts/install.sh train" in res.output.replace("\n", "")
+    hint = "pip install 'instructforge[train]' or bash scripts/install.sh train"
+    assert hint in res.output.replace("\n", "")
 
 
 def test_eval_of_a_model_folder_without_the_train_extra_says_how_to_install_it(

@@ -123,15 +123,16 @@ def analyze_cmd(
         str, typer.Option("--projection", help="2-D map: tsne, umap (needs umap-learn) or pca.")
     ] = "tsne",
     max_embed: Annotated[
-        int | None, typer.Option("--max-embed", min=1, help="Embed at most N records (a fixed sample).")
+        int | None,
+        typer.Option("--max-embed", min=1, help="Embed at most N records (a fixed sample)."),
     ] = 20_000,
     duplicate_threshold: Annotated[
-        float, typer.Option("--duplicate-threshold", min=0.0, max=1.0, help="Cosine similarity of embedding "
-                            "near-duplicates.")
+        float, typer.Option("--duplicate-threshold", min=0.0, max=1.0,
+                            help="Cosine similarity of embedding near-duplicates.")
     ] = 0.95,
     minhash_threshold: Annotated[
-        float, typer.Option("--minhash-threshold", min=0.0, max=1.0, help="Jaccard similarity of MinHash "
-                            "near-duplicates.")
+        float, typer.Option("--minhash-threshold", min=0.0, max=1.0,
+                            help="Jaccard similarity of MinHash near-duplicates.")
     ] = 0.8,
     judge: JudgeOpt = None,
     base_url: BaseUrlOpt = None,
@@ -146,7 +147,8 @@ def analyze_cmd(
     tags: Annotated[bool, typer.Option("--tags/--no-tags", help="Ask the judge for InsTag "
                                        "intention tags (complexity / diversity).")] = True,
     judge_limit: Annotated[
-        int | None, typer.Option("--judge-limit", min=1, help="Judge only a fixed sample of N records.")
+        int | None,
+        typer.Option("--judge-limit", min=1, help="Judge only a fixed sample of N records."),
     ] = None,
     judge_max_tokens: JudgeMaxTokensOpt = 256,
     judge_concurrency: JudgeConcurrencyOpt = 16,
@@ -232,12 +234,12 @@ def filter_cmd(
                           f"order: {', '.join(DEDUP_KINDS)}; '' for none.")
     ] = "exact",
     minhash_threshold: Annotated[
-        float, typer.Option("--minhash-threshold", min=0.0, max=1.0, help="Jaccard similarity that makes a "
-                            "MinHash duplicate.")
+        float, typer.Option("--minhash-threshold", min=0.0, max=1.0,
+                            help="Jaccard similarity that makes a MinHash duplicate.")
     ] = 0.8,
     embedding_threshold: Annotated[
-        float, typer.Option("--embedding-threshold", min=0.0, max=1.0, help="Cosine similarity that makes an "
-                            "embedding duplicate.")
+        float, typer.Option("--embedding-threshold", min=0.0, max=1.0,
+                            help="Cosine similarity that makes an embedding duplicate.")
     ] = 0.95,
     embedding_model: EmbeddingModelOpt = None,
     instruction_field: InstructionFieldOpt = None,

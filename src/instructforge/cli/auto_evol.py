@@ -74,7 +74,8 @@ def auto_evol_cmd(
         int, typer.Option("--trajectory-steps", "-l", min=1, help="Evolutions per trajectory.")
     ] = 2,
     batch_size: Annotated[
-        int, typer.Option(min=1, help="Instructions per mini-batch whose trajectories are analysed.")
+        int,
+        typer.Option(min=1, help="Instructions per mini-batch whose trajectories are analysed."),
     ] = 3,
     dev_size: Annotated[
         int, typer.Option(min=1, help="Held-out instructions on which failure rates are measured.")
@@ -123,7 +124,8 @@ def auto_evol_cmd(
         int, typer.Option(min=1, help="Cap on the evolving method's answer (all its sections).")
     ] = 192,
     optimizer_temperature: Annotated[
-        float, typer.Option(min=0.0, help="Optimizer sampling temperature (the m candidates differ).")
+        float,
+        typer.Option(min=0.0, help="Optimizer sampling temperature (the m candidates differ)."),
     ] = 0.7,
     optimizer_max_tokens: Annotated[int, typer.Option(min=1, help="Cap on a rewritten method.")
                                     ] = 384,

@@ -28,14 +28,16 @@ def train_cmd(
     ] = "embedded",
     epochs: Annotated[float, typer.Option(callback=positive, help="Passes over the data (> 0).")
                       ] = 3.0,
-    max_steps: Annotated[int, typer.Option("--max-steps", callback=_steps, help="Stop after N optimizer "
-                         "steps (overrides --epochs; -1: off).")] = -1,
+    max_steps: Annotated[int, typer.Option("--max-steps", callback=_steps, help="Stop after N "
+                         "optimizer steps (overrides --epochs; -1: off).")] = -1,
     learning_rate: Annotated[float | None, typer.Option(
         "--learning-rate", "--lr", callback=positive,
         help="Default 2e-5 (full) / 2e-4 (LoRA); > 0.")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Per-device batch.")] = 4,
-    grad_accum: Annotated[int, typer.Option("--grad-accum", min=1, help="Gradient accumulation.")] = 1,
-    max_length: Annotated[int, typer.Option("--max-length", min=1, help="Tokens per example.")] = 1024,
+    grad_accum: Annotated[int, typer.Option("--grad-accum", min=1,
+                                            help="Gradient accumulation.")] = 1,
+    max_length: Annotated[int, typer.Option("--max-length", min=1, help="Tokens per example.")
+                          ] = 1024,
     lora: Annotated[bool, typer.Option("--lora/--full", help="LoRA adapters (merged on save) "
                     "or full fine-tuning.")] = False,
     lora_r: Annotated[int, typer.Option("--lora-r", min=1, help="LoRA rank.")] = 16,
