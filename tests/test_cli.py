@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 from typer.testing import CliRunner
 
@@ -27,7 +28,8 @@ def test_help_lists_the_commands():
 
 
 def test_respond_help_documents_options_and_an_example():
-    res = runner.invoke(app, ["respond", "--help"], terminal_width=200)
+    # Typer's rich help takes its width from COLUMNS (terminal_width alone is ignored).
+    res = runner.invoke(app, ["respond", "--help"], terminal_width=200, env={"COLUMNS": "200"})
     assert res.exit_code == 0
     for opt in ("--base-url", "--dry-run", "--skip-invalid", "--config", "--max-concurrency"):
         assert opt in res.output
@@ -155,3 +157,44 @@ def test_lineage_prints_model_text_with_control_characters_escaped(tmp_path):
         assert raw not in as_json.output
     shown = json.loads(as_json.output)["lineage"]["history"][-1]
     assert shown.startswith("Explain tides\x1b]0;pwned\x07")  # the JSON keeps the exact text
+
+
+def test_a_damaged_input_file_is_a_message_not_a_traceback(tmp_path):
+    p = tmp_path / "in.parquet"
+    p.write_bytes(b"PAR1 truncated")
+    res = runner.invoke(app, ["respond", str(p), "-o", str(tmp_path / "run"), "--dry-run"],
+                        terminal_width=300)
+    assert res.exit_code == 2
+    assert f"{p}: not a readable Parquet file" in res.output.replace("\n", "")
+    assert res.exception is None or isinstance(res.exception, SystemExit)
+
+
+def test_train_without_the_train_extra_says_how_to_install_it(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)  # as if torch were not installed
+    res = runner.invoke(app, ["train", str(seeds(tmp_path)), "-o", str(tmp_path / "m")],
+                        terminal_width=300)
+    assert res.exit_code == 2, res.output
+    assert "train needs the train extra (torch is missing)" in res.output.replace("\n", "")
+    hint = "pip install 'instructforge[train]' or bash scripts/install.sh train"
+    assert hint in res.output.replace("\n", "")
+
+
+def test_eval_of_a_model_folder_without_the_train_extra_says_how_to_install_it(
+        tmp_path, monkeypatch):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    monkeypatch.setitem(sys.modules, "torch", None)
+    res = runner.invoke(app, ["eval", "--model", str(model), "--task", "gsm8k", "--limit", "1",
+                              "-o", str(tmp_path / "ev")], terminal_width=300)
+    assert res.exit_code == 2, res.output
+    assert "needs the train extra (torch is missing)" in res.output.replace("\n", "")
+    assert "pip install 'instructforge[train]'" in res.output.replace("\n", "")
+
+
+def test_the_missing_analysis_extra_hint_keeps_its_brackets(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "sentence_transformers", None)
+    res = runner.invoke(app, ["analyze", str(seeds(tmp_path)), "--tokenizer", "regex",
+                              "--no-report"], terminal_width=300)
+    assert res.exit_code == 2, res.output
+    assert "pip install 'instructforge[analysis]'" in res.output.replace("\n", "")

@@ -208,3 +208,14 @@ def test_resume_after_sigkill_loses_nothing_duplicates_nothing_repeats_no_finish
     ids = [r["id"] for r in iter_jsonl(run.records)]
     assert len(ids) == n and len(set(ids)) == n  # 0 lost, 0 duplicated
     assert asked_again == n - finished_calls  # 0 repeated finished calls
+
+
+@pytest.mark.timeout(60)
+def test_a_concurrency_below_1_is_refused_rather_than_waiting_forever(tmp_path):
+    async def process(rec, ctx):
+        return [rec]
+
+    with pytest.raises(ValueError, match="concurrency must be >= 1, got 0"):
+        run_job("t", [new_record("a", "x", method="input")], process, tmp_path / "run",
+                config={}, progress=False, concurrency=0)
+    assert not (tmp_path / "run").exists()

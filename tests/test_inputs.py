@@ -63,6 +63,56 @@ def test_non_utf8_line_is_reported(tmp_path):
     assert f"{p}:2: not UTF-8 text" in problems(p)
 
 
+def test_one_bad_byte_in_a_csv_rejects_only_its_row_with_line_and_offset(tmp_path):
+    lines = [b"id,instruction\n"] + [b"r%d,Task number %d.\n" % (n, n) for n in range(2, 10_002)]
+    lines[9_001] = b"r9002,Caf\xe9 au lait.\n"  # Latin-1, not UTF-8, on line 9,002
+    p = write(tmp_path, "big.csv", b"".join(lines))
+    offset = b"".join(lines).index(b"\xe9")
+    src = InstructionSource(p, skip_invalid=True)
+    assert src.validate() == 9_999
+    recs = list(src)
+    kept = [r for r in recs if r["status"] == "kept"]
+    bad = [r for r in recs if r["status"] == "rejected"]
+    assert len(kept) == 9_999 and kept[-1]["id"] == "r10001"
+    assert len(bad) == 1 and bad[0]["source"]["line"] == 9_002
+    assert bad[0]["rejection"]["reason"] == (
+        f"{p}:9002: not UTF-8 text: byte 0xe9 at file offset {offset} "
+        "(invalid continuation byte)")
+    assert f"{p}:9002: not UTF-8 text" in problems(p)
+
+
+def test_a_bad_byte_inside_a_multiline_csv_field_names_its_own_line(tmp_path):
+    data = b'instruction\n"one\ntw\xffo\nthree"\nok\n'
+    p = write(tmp_path, "a.csv", data)
+    offset = data.index(b"\xff")
+    recs = list(InstructionSource(p, skip_invalid=True))
+    assert recs[0]["rejection"]["reason"] == (
+        f"{p}:4: not UTF-8 text: byte 0xff at file offset {offset} "
+        "(invalid start byte) on line 3")
+    assert recs[1]["messages"][0]["content"] == "ok"
+
+
+def test_an_unreadable_csv_header_fails_the_file(tmp_path):
+    p = write(tmp_path, "a.csv", b"instr\xffuction\nhello\n")
+    assert f"{p}:1: the header line is unreadable: not UTF-8 text" in problems(p, skip_invalid=True)
+
+
+def test_csv_lines_ending_in_a_bare_carriage_return_are_rows(tmp_path):
+    p = write(tmp_path, "a.csv", "instruction\rone\rtwo\r")
+    assert [r["messages"][0]["content"] for r in InstructionSource(p)] == ["one", "two"]
+
+
+def test_non_utf8_jsonl_and_json_name_the_line_and_file_offset(tmp_path):
+    data = b'{"instruction": "ok"}\n{"instruction": "caf\xe9"}\n'
+    p = write(tmp_path, "a.jsonl", data)
+    offset = data.index(b"\xe9")
+    assert f"{p}:2: not UTF-8 text: byte 0xe9 at file offset {offset} " in problems(p)
+    data = b'[\n{"instruction": "ok"},\n{"instruction": "caf\xe9"}\n]'
+    p = write(tmp_path, "a.json", data)
+    offset = data.index(b"\xe9")
+    assert f"{p}:3: not UTF-8 text: byte 0xe9 at file offset {offset} " in problems(p)
+
+
 def test_unknown_column_is_reported_for_csv_with_its_line(tmp_path):
     p = write(tmp_path, "a.csv", "question,answer\nWhat is 2+2?,4\n")
     assert f"{p}:2: field 'instruction' is missing (fields present: answer, question" in problems(p)
@@ -149,3 +199,52 @@ def test_hf_dataset_saved_to_disk_is_read(tmp_path):
 
     datasets.Dataset.from_dict({"instruction": ["a", "b"]}).save_to_disk(tmp_path / "ds")
     assert len(list(InstructionSource(tmp_path / "ds"))) == 2
+
+
+def test_a_damaged_parquet_file_is_a_located_input_error(tmp_path):
+    p = write(tmp_path, "a.parquet", b"PAR1 not really parquet")
+    assert f"{p}: not a readable Parquet file" in problems(p)
+
+
+def test_a_csv_field_over_128_kib_is_read_whole(tmp_path):
+    long = "word " * 60_000  # 300 KB, over csv's default field limit
+    p = write(tmp_path, "a.csv", f'instruction\n"{long}"\nshort\n')
+    texts = [r["messages"][0]["content"] for r in InstructionSource(p)]
+    assert texts == [long.strip(), "short"]
+
+
+def test_a_csv_row_with_extra_fields_names_its_line(tmp_path):
+    p = write(tmp_path, "a.csv", "instruction,id\nHello, world,a\nFine,b\n")
+    assert f"{p}:2: 3 fields but the header has 2" in problems(p)
+    recs = list(InstructionSource(p, skip_invalid=True))
+    assert [r["status"] for r in recs] == ["rejected", "kept"]
+
+
+def test_a_short_csv_row_lacks_its_last_fields(tmp_path):
+    p = write(tmp_path, "a.csv", "id,instruction\nonly-an-id\n")
+    assert f"{p}:2: field 'instruction' is missing (fields present: id;" in problems(p)
+
+
+def test_a_folder_that_is_not_a_saved_dataset_is_reported(tmp_path):
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "a.txt").write_text("hi")
+    assert "not a dataset saved with Dataset.save_to_disk" in problems(tmp_path / "notes")
+
+
+def test_a_missing_split_of_a_saved_dataset_dict_names_the_splits(tmp_path):
+    import datasets
+
+    ds = datasets.Dataset.from_dict({"instruction": ["a"]})
+    datasets.DatasetDict({"test": ds}).save_to_disk(tmp_path / "dd")
+    assert "no split 'train' (splits: test)" in problems(tmp_path / "dd")
+
+
+def test_an_uncached_hub_dataset_offline_says_how_to_get_it(monkeypatch):
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", True)
+    text = problems("hf:instructforge-tests/never-cached")
+    assert "hf:instructforge-tests/never-cached: offline mode is on" in text
+    assert "not in the local cache" in text
+    assert "save_to_disk" in text

@@ -26,6 +26,16 @@ SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 INVALID_ID_PREFIX = "invalid-line-"  # + the line: the id of a row rejected as invalid
 
 
+# Large enough for any real field and within a C long on every platform.
+_CSV_FIELD_LIMIT = 2**31 - 1
+
+
+def _not_utf8(e: UnicodeDecodeError, start: int) -> str:
+    """The bad byte and its offset in the file (the decoded part starts at ``start``)."""
+    return (f"not UTF-8 text: byte 0x{e.object[e.start]:02x} at file offset {start + e.start} "
+            f"({e.reason})")
+
+
 class InputError(ValueError):
     """Bad input, with every problem located (file, line/row, field)."""
 
@@ -86,12 +96,14 @@ class InstructionSource:
     def _rows(self) -> Iterator[Row]:
         name = self.spec
         if self.kind == "jsonl":
+            offset = 0  # of the line in the file, for a byte-exact location
             with open(self.path, "rb") as f:
                 for n, raw in enumerate(f, 1):
+                    start, offset = offset, offset + len(raw)
                     try:
                         text = raw.decode("utf-8")
                     except UnicodeDecodeError as e:
-                        yield Row(f"{name}:{n}", n, None, f"not UTF-8 text ({e.reason} at byte {e.start})")
+                        yield Row(f"{name}:{n}", n, None, _not_utf8(e, start))
                         continue
                     if not text.strip():
                         continue
@@ -102,10 +114,12 @@ class InstructionSource:
                         continue
                     yield self._obj(f"{name}:{n}", n, data)
         elif self.kind == "json":
+            raw = self.path.read_bytes()
             try:
-                data = json.loads(self.path.read_bytes().decode("utf-8"))
+                data = json.loads(raw.decode("utf-8"))
             except UnicodeDecodeError as e:
-                yield Row(name, 0, None, f"not UTF-8 text ({e.reason} at byte {e.start})")
+                line = raw.count(b"\n", 0, e.start) + 1
+                yield Row(f"{name}:{line}", line, None, _not_utf8(e, 0))
                 return
             except json.JSONDecodeError as e:
                 yield Row(f"{name}:{e.lineno}", e.lineno, None, f"invalid JSON: {e.msg}")
@@ -118,36 +132,110 @@ class InstructionSource:
             for i, item in enumerate(data):
                 yield self._obj(f"{name} item {i}", i + 1, item)
         elif self.kind == "csv":
-            try:
-                with open(self.path, encoding="utf-8", newline="") as f:
-                    reader = csv.DictReader(f)
-                    for item in reader:
-                        yield self._obj(f"{name}:{reader.line_num}", reader.line_num, item)
-            except UnicodeDecodeError as e:
-                yield Row(name, 0, None, f"not UTF-8 text ({e.reason} at byte {e.start})")
+            yield from self._csv_rows()
         elif self.kind == "parquet":
+            import pyarrow as pa
             import pyarrow.parquet as pq
 
             n = 0
-            for batch in pq.ParquetFile(self.path).iter_batches(batch_size=4096):
-                for item in batch.to_pylist():
-                    n += 1
-                    yield self._obj(f"{name} row {n}", n, item)
+            try:
+                for batch in pq.ParquetFile(self.path).iter_batches(batch_size=4096):
+                    for item in batch.to_pylist():
+                        n += 1
+                        yield self._obj(f"{name} row {n}", n, item)
+            except (pa.ArrowException, OSError) as e:  # a damaged or truncated file
+                at = f" at row {n + 1}" if n else ""
+                raise InputError([f"{name}: not a readable Parquet file{at} ({e})"]) from None
         else:
             for n, item in enumerate(self._hf_rows(), 1):
                 yield self._obj(f"{name} row {n}", n, item)
+
+    def _csv_rows(self) -> Iterator[Row]:
+        """CSV rows, decoded line by line: a bad byte or a malformed row costs that row only.
+
+        A row is located by its last line (a quoted field may span several), as ``csv``
+        counts; the problem names the exact line and byte of a decoding error."""
+        name = self.spec
+        # The csv module refuses fields over 128 KiB by default; a long instruction is data.
+        csv.field_size_limit(_CSV_FIELD_LIMIT)
+        undecodable: dict[int, str] = {}  # physical line -> what is wrong with it
+
+        def lines() -> Iterator[str]:
+            n = offset = 0
+            with open(self.path, "rb") as f:
+                for chunk in f:
+                    # csv wants lines with their endings; "\r"-only endings count as lines
+                    # too, as in text mode with newline="".
+                    for raw in chunk.splitlines(keepends=True):
+                        n, start, offset = n + 1, offset, offset + len(raw)
+                        try:
+                            yield raw.decode("utf-8")
+                        except UnicodeDecodeError as e:
+                            undecodable[n] = _not_utf8(e, start)
+                            yield raw.decode("utf-8", errors="replace")
+
+        reader = csv.reader(lines())
+        header: list[str] | None = None
+        last = 0
+        for fields in reader:
+            first, last = last + 1, reader.line_num
+            where = f"{name}:{last}"
+            bad = [n for n in range(first, last + 1) if n in undecodable]
+            problem = None
+            if bad:
+                problem = undecodable[bad[0]] + (f" on line {bad[0]}" if bad[0] != last else "")
+                for n in bad:
+                    del undecodable[n]
+            if header is None:
+                if problem:
+                    raise InputError([f"{where}: the header line is unreadable: {problem}"])
+                if fields:
+                    header = fields
+                continue
+            if not fields:  # a blank line
+                continue
+            if problem:
+                yield Row(where, last, None, problem)
+            elif len(fields) > len(header):
+                yield Row(where, last, None,
+                          f"{len(fields)} fields but the header has {len(header)} (quote a "
+                          "field that contains a comma)")
+            else:  # a short row lacks its last fields
+                yield Row(where, last, dict(zip(header, fields, strict=False)))
 
     def _hf_rows(self) -> Iterator[dict[str, Any]]:
         import datasets
 
         if self.kind == "hf-disk":
-            ds = datasets.load_from_disk(str(self.path))
+            try:
+                ds = datasets.load_from_disk(str(self.path))
+            except FileNotFoundError:
+                raise InputError([
+                    f"{self.spec}: a folder, but not a dataset saved with "
+                    "Dataset.save_to_disk; pass a .jsonl, .json, .parquet or .csv file, such a "
+                    "folder, or hf:NAME[:split]"]) from None
             if isinstance(ds, datasets.DatasetDict):
+                if self.split not in ds:
+                    raise InputError([f"{self.spec}: no split {self.split!r} (splits: "
+                                      f"{', '.join(ds)})"])
                 ds = ds[self.split]
             yield from ds
-        else:
-            name, _, split = self.spec[3:].partition(":")
+            return
+        name, _, split = self.spec[3:].partition(":")
+        try:
             yield from datasets.load_dataset(name, split=split or self.split, streaming=True)
+        except (OSError, ValueError, datasets.exceptions.DatasetsError) as e:
+            # Network, a missing dataset or split: datasets raises each as its own type.
+            save = (f'python -c "import datasets; datasets.load_dataset({name!r}, '
+                    f"split={split or self.split!r}).save_to_disk('{name.replace('/', '_')}')\"")
+            if any(getattr(datasets.config, v, False)
+                   for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")):
+                raise InputError([
+                    f"{self.spec}: offline mode is on (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE) "
+                    f"and the dataset is not in the local cache ({e}). On a machine with "
+                    f"network access, save it with {save} and pass that folder, or run "
+                    "without offline mode"]) from None
+            raise InputError([f"{self.spec}: cannot load the Hugging Face dataset ({e})"]) from None
 
     @staticmethod
     def _obj(where: str, line: int, item: Any) -> Row:

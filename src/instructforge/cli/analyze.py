@@ -28,6 +28,7 @@ from instructforge.cli.common import (
     console,
     handle_errors,
     out,
+    print_error,
 )
 from instructforge.llm.base import LLM
 
@@ -51,10 +52,10 @@ JudgeOpt = Annotated[
                  "'openai:MODEL@URL', or a model name on --base-url. Omit to skip the judge."),
 ]
 JudgeMaxTokensOpt = Annotated[
-    int, typer.Option("--judge-max-tokens", help="Answer length cap for each judge call.")
+    int, typer.Option("--judge-max-tokens", min=1, help="Answer length cap for each judge call.")
 ]
 JudgeConcurrencyOpt = Annotated[
-    int, typer.Option("--judge-concurrency", help="Records judged at once.")
+    int, typer.Option("--judge-concurrency", min=1, help="Records judged at once.")
 ]
 EmbeddingModelOpt = Annotated[
     str | None, typer.Option("--embedding-model", help="sentence-transformers model name or "
@@ -70,12 +71,12 @@ def _analysis_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except (DatasetError, FilterError, ValueError) as e:
-            console.print(f"[red]error:[/red] {e}", highlight=False)
+            print_error(e)
             raise typer.Exit(2) from None
         except RuntimeError as e:  # e.g. the analysis extra is not installed
             if type(e) is not RuntimeError:
                 raise
-            console.print(f"[red]error:[/red] {e}", highlight=False)
+            print_error(e)
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
@@ -122,15 +123,16 @@ def analyze_cmd(
         str, typer.Option("--projection", help="2-D map: tsne, umap (needs umap-learn) or pca.")
     ] = "tsne",
     max_embed: Annotated[
-        int | None, typer.Option("--max-embed", help="Embed at most N records (a fixed sample).")
+        int | None,
+        typer.Option("--max-embed", min=1, help="Embed at most N records (a fixed sample)."),
     ] = 20_000,
     duplicate_threshold: Annotated[
-        float, typer.Option("--duplicate-threshold", help="Cosine similarity of embedding "
-                            "near-duplicates.")
+        float, typer.Option("--duplicate-threshold", min=0.0, max=1.0,
+                            help="Cosine similarity of embedding near-duplicates.")
     ] = 0.95,
     minhash_threshold: Annotated[
-        float, typer.Option("--minhash-threshold", help="Jaccard similarity of MinHash "
-                            "near-duplicates.")
+        float, typer.Option("--minhash-threshold", min=0.0, max=1.0,
+                            help="Jaccard similarity of MinHash near-duplicates.")
     ] = 0.8,
     judge: JudgeOpt = None,
     base_url: BaseUrlOpt = None,
@@ -145,12 +147,13 @@ def analyze_cmd(
     tags: Annotated[bool, typer.Option("--tags/--no-tags", help="Ask the judge for InsTag "
                                        "intention tags (complexity / diversity).")] = True,
     judge_limit: Annotated[
-        int | None, typer.Option("--judge-limit", help="Judge only a fixed sample of N records.")
+        int | None,
+        typer.Option("--judge-limit", min=1, help="Judge only a fixed sample of N records."),
     ] = None,
     judge_max_tokens: JudgeMaxTokensOpt = 256,
     judge_concurrency: JudgeConcurrencyOpt = 16,
     report: Annotated[bool, typer.Option("--report/--no-report", help="Write report.html.")] = True,
-    seed: Annotated[int, typer.Option(help="Seed of the 2-D projection.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, help="Seed of the 2-D projection.")] = 0,
     progress: ProgressOpt = True,
 ) -> None:
     """Measure a dataset and write metrics.json and a self-contained report.html.
@@ -231,12 +234,12 @@ def filter_cmd(
                           f"order: {', '.join(DEDUP_KINDS)}; '' for none.")
     ] = "exact",
     minhash_threshold: Annotated[
-        float, typer.Option("--minhash-threshold", help="Jaccard similarity that makes a "
-                            "MinHash duplicate.")
+        float, typer.Option("--minhash-threshold", min=0.0, max=1.0,
+                            help="Jaccard similarity that makes a MinHash duplicate.")
     ] = 0.8,
     embedding_threshold: Annotated[
-        float, typer.Option("--embedding-threshold", help="Cosine similarity that makes an "
-                            "embedding duplicate.")
+        float, typer.Option("--embedding-threshold", min=0.0, max=1.0,
+                            help="Cosine similarity that makes an embedding duplicate.")
     ] = 0.95,
     embedding_model: EmbeddingModelOpt = None,
     instruction_field: InstructionFieldOpt = None,

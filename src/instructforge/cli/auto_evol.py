@@ -25,6 +25,8 @@ from instructforge.cli.common import (
     console,
     handle_errors,
     out,
+    positive,
+    print_error,
     print_plan,
     print_usage,
 )
@@ -59,25 +61,27 @@ def auto_evol_cmd(
     ],
     output: Annotated[Path, typer.Option("--output", "-o", help="Run directory (resumable).")],
     config: ConfigOpt = None,
-    steps: Annotated[int, typer.Option("--steps", "-T", help="Method optimization steps.")] = 3,
+    steps: Annotated[int, typer.Option("--steps", "-T", min=1, help="Method optimization steps.")
+                     ] = 3,
     patience: Annotated[
-        int, typer.Option(help="Stop after this many steps in a row without a better method "
+        int, typer.Option(min=0, help="Stop after this many steps in a row without a better method "
                           "(0: never stop early).")
     ] = 2,
     candidates: Annotated[
-        int, typer.Option("--candidates", "-m", help="Candidate methods sampled per step.")
+        int, typer.Option("--candidates", "-m", min=1, help="Candidate methods sampled per step.")
     ] = 3,
     trajectory_steps: Annotated[
-        int, typer.Option("--trajectory-steps", "-l", help="Evolutions per trajectory.")
+        int, typer.Option("--trajectory-steps", "-l", min=1, help="Evolutions per trajectory.")
     ] = 2,
     batch_size: Annotated[
-        int, typer.Option(help="Instructions per mini-batch whose trajectories are analysed.")
+        int,
+        typer.Option(min=1, help="Instructions per mini-batch whose trajectories are analysed."),
     ] = 3,
     dev_size: Annotated[
-        int, typer.Option(help="Held-out instructions on which failure rates are measured.")
+        int, typer.Option(min=1, help="Held-out instructions on which failure rates are measured.")
     ] = 10,
     rounds: Annotated[
-        int, typer.Option(help="Evol-Instruct rounds over the whole dataset with the best "
+        int, typer.Option(min=0, help="Evol-Instruct rounds over the whole dataset with the best "
                           "method (0: search only).")
     ] = 1,
     initial_method: Annotated[
@@ -113,22 +117,31 @@ def auto_evol_cmd(
         typer.Option("--disable-rule", help="Switch a failure rule off (repeatable): "
                      + ", ".join(_RULES) + "."),
     ] = None,
-    evol_temperature: Annotated[float, typer.Option(help="Evolving sampling temperature.")] = 0.7,
+    evol_temperature: Annotated[
+        float, typer.Option(min=0.0, help="Evolving sampling temperature.")
+    ] = 0.7,
     evol_max_tokens: Annotated[
-        int, typer.Option(help="Cap on the evolving method's answer (all its sections).")
+        int, typer.Option(min=1, help="Cap on the evolving method's answer (all its sections).")
     ] = 192,
     optimizer_temperature: Annotated[
-        float, typer.Option(help="Optimizer sampling temperature (the m candidates differ).")
+        float,
+        typer.Option(min=0.0, help="Optimizer sampling temperature (the m candidates differ)."),
     ] = 0.7,
-    optimizer_max_tokens: Annotated[int, typer.Option(help="Cap on a rewritten method.")] = 384,
-    analysis_max_tokens: Annotated[int, typer.Option(help="Cap on one trajectory's feedback.")
-                                   ] = 128,
-    temperature: Annotated[float, typer.Option(help="Answer sampling temperature.")] = 0.7,
-    max_tokens: Annotated[int, typer.Option("--max-tokens", help="Answer length cap.")] = 128,
-    judge_max_tokens: Annotated[int, typer.Option(help="Judge answer length cap.")] = 16,
-    top_p: Annotated[float, typer.Option("--top-p", help="Nucleus sampling.")] = 1.0,
-    concurrency: Annotated[int, typer.Option(help="Seed chains in flight (final evolution).")
-                           ] = 64,
+    optimizer_max_tokens: Annotated[int, typer.Option(min=1, help="Cap on a rewritten method.")
+                                    ] = 384,
+    analysis_max_tokens: Annotated[
+        int, typer.Option(min=1, help="Cap on one trajectory's feedback.")
+    ] = 128,
+    temperature: Annotated[float, typer.Option(min=0.0, help="Answer sampling temperature.")
+                           ] = 0.7,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", min=1, help="Answer length cap.")
+                          ] = 128,
+    judge_max_tokens: Annotated[int, typer.Option(min=1, help="Judge answer length cap.")] = 16,
+    top_p: Annotated[float, typer.Option("--top-p", max=1.0, callback=positive,
+                                         help="Nucleus sampling (> 0).")] = 1.0,
+    concurrency: Annotated[
+        int, typer.Option(min=1, help="Seed chains in flight (final evolution).")
+    ] = 64,
     column: ColumnOpt = "instruction",
     limit: LimitOpt = None,
     skip_invalid: SkipInvalidOpt = False,
@@ -189,7 +202,7 @@ def auto_evol_cmd(
         result = auto_evolve(input, output, cfg, api_key=api_key, progress=progress,
                              log=lambda msg: console.print(msg, highlight=False))
     except (AutoEvolError, EvolError) as e:
-        console.print(f"[red]error:[/red] {e}", highlight=False)
+        print_error(e)
         raise typer.Exit(2) from None
     print_search(result.search)
     console.print(f"method history: {Path(output) / 'methods'}", highlight=False)

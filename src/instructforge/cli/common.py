@@ -36,6 +36,14 @@ out = Console()
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def positive(value: float | None) -> float | None:
+    """Option callback: the value must be above 0 (``min=`` allows the bound itself). Like
+    ``min=``/``max=``, it checks values from a ``--config`` recipe too."""
+    if value is not None and value <= 0:
+        raise typer.BadParameter(f"must be > 0, got {value:g}")
+    return value
+
+
 def load_recipe(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
     """``--config recipe.yaml``: its keys become the defaults of the command's options
     (flags given on the command line still win)."""
@@ -103,11 +111,12 @@ ModelPathOpt = Annotated[
 ]
 MaxConcurrencyOpt = Annotated[
     int | None,
-    typer.Option("--max-concurrency", help="Requests in flight per backend (default: 16; "
-                 "embedded: its slots + 4)."),
+    typer.Option("--max-concurrency", min=1, help="Requests in flight per backend (default: "
+                 "16; embedded: its slots + 4)."),
 ]
 TimeoutOpt = Annotated[
-    float | None, typer.Option("--timeout", help="Per-request timeout in seconds.")
+    float | None,
+    typer.Option("--timeout", callback=positive, help="Per-request timeout in seconds (> 0)."),
 ]
 DryRunOpt = Annotated[
     bool,
@@ -123,7 +132,9 @@ SkipInvalidOpt = Annotated[
 ColumnOpt = Annotated[
     str, typer.Option("--column", help="Input field that holds the instruction.")
 ]
-LimitOpt = Annotated[int | None, typer.Option("--limit", help="Use only the first N records.")]
+LimitOpt = Annotated[
+    int | None, typer.Option("--limit", min=1, help="Use only the first N records.")
+]
 SharedCacheOpt = Annotated[
     str | None,
     typer.Option("--shared-cache", help="Extra SQLite request cache shared between runs."),
@@ -135,9 +146,15 @@ ExecutorOpt = Annotated[
 ]
 ShardsOpt = Annotated[
     int | None,
-    typer.Option("--shards", help="Shards for --executor ray (default: the cluster's CPUs; "
+    typer.Option("--shards", min=1, help="Shards for --executor ray (default: the cluster's CPUs; "
                  "fixed once a run directory is split)."),
 ]
+
+
+def print_error(message: object) -> None:
+    """``error: MESSAGE`` on stderr, the message as written: its brackets (an install hint
+    like ``instructforge[train]``, a file name, a row's text) are never read as markup."""
+    console.print(f"[red]error:[/red] {escape(str(message))}", highlight=False)
 
 
 def handle_errors(fn: F) -> F:
@@ -148,13 +165,13 @@ def handle_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except InputError as e:
-            console.print(f"[red]error:[/red] {e}", highlight=False)
+            print_error(e)
             raise typer.Exit(2) from None
         except RunDirError as e:
             console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False)
             raise typer.Exit(2) from None
         except (LLMError, JobAborted) as e:
-            console.print(f"[red]error:[/red] {e}", highlight=False)
+            print_error(e)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             console.print("interrupted; rerun the same command to resume.")

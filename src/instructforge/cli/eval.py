@@ -9,7 +9,16 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from instructforge.cli.common import ConfigOpt, ProgressOpt, app, console, handle_errors, out
+from instructforge.cli.common import (
+    ConfigOpt,
+    ProgressOpt,
+    app,
+    console,
+    handle_errors,
+    out,
+    positive,
+    print_error,
+)
 
 
 class Task(StrEnum):
@@ -36,17 +45,21 @@ def eval_cmd(
                     "built-in set for the task).")] = None,
     run: Annotated[Path | None, typer.Option("--run", help="Also add the results to this run "
                    "directory's eval/ folder (its report).")] = None,
-    limit: Annotated[int | None, typer.Option("--limit", help="First N questions.")] = None,
-    max_tokens: Annotated[int, typer.Option("--max-tokens", help="Answer length cap.")] = 512,
-    judge_max_tokens: Annotated[int, typer.Option("--judge-max-tokens")] = 512,
-    temperature: Annotated[float, typer.Option(help="0 = greedy (pass@1).")] = 0.0,
-    code_timeout: Annotated[float, typer.Option("--code-timeout", help="Seconds per program.")
-                            ] = 10.0,
-    code_memory_mb: Annotated[int, typer.Option("--code-memory-mb")] = 1024,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="First N questions.")
+                     ] = None,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", min=1, help="Answer length cap.")
+                          ] = 512,
+    judge_max_tokens: Annotated[int, typer.Option("--judge-max-tokens", min=1,
+                                                  help="Judge answer length cap.")] = 512,
+    temperature: Annotated[float, typer.Option(min=0.0, help="0 = greedy (pass@1).")] = 0.0,
+    code_timeout: Annotated[float, typer.Option("--code-timeout", callback=positive,
+                                                help="Seconds per program (> 0).")] = 10.0,
+    code_memory_mb: Annotated[int, typer.Option("--code-memory-mb", min=1,
+                                                help="Memory limit per program.")] = 1024,
     unsafe_exec: Annotated[bool, typer.Option("--unsafe-exec", help="For --task code where no "
                            "bubblewrap sandbox works: run the model's programs anyway, with "
                            "Python-level limits only (not a security boundary).")] = False,
-    concurrency: Annotated[int, typer.Option(help="Questions in flight.")] = 8,
+    concurrency: Annotated[int, typer.Option(min=1, help="Questions in flight.")] = 8,
     device: Annotated[str, typer.Option(help="For Hugging Face folders: auto, cpu, cuda.")
                       ] = "auto",
     progress: ProgressOpt = True,
@@ -74,7 +87,7 @@ def eval_cmd(
     try:
         res = evaluate(cfg, output, run_dir=run)
     except EvalError as e:
-        console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False)
+        print_error(e)
         raise typer.Exit(2) from None
     out.print(results_table(res), markup=False, highlight=False)
     console.print(f"results: {output / 'results.json'}", highlight=False)

@@ -26,6 +26,8 @@ from instructforge.cli.common import (
     console,
     handle_errors,
     out,
+    positive,
+    print_error,
     print_plan,
     print_usage,
     terminal_text,
@@ -62,7 +64,8 @@ def evolve_cmd(
     ],
     output: Annotated[Path, typer.Option("--output", "-o", help="Run directory (resumable).")],
     config: ConfigOpt = None,
-    rounds: Annotated[int, typer.Option(help="Evolution rounds per seed (the paper: 4).")] = 4,
+    rounds: Annotated[int, typer.Option(min=1, help="Evolution rounds per seed (the paper: 4).")
+                      ] = 4,
     ops: Annotated[
         str | None,
         typer.Option("--ops", help="Comma-separated operations to use (default: all). Built in: "
@@ -106,15 +109,22 @@ def evolve_cmd(
                      + ", ".join(el.ALL_RULES) + "."),
     ] = None,
     short_response_words: Annotated[
-        int, typer.Option(help="Rule 2 fires on a refusal shorter than this many words.")
+        int, typer.Option(min=0, help="Rule 2 fires on a refusal shorter than this many words.")
     ] = el.SHORT_RESPONSE_WORDS,
-    evol_temperature: Annotated[float, typer.Option(help="Evolving sampling temperature.")] = 0.7,
-    evol_max_tokens: Annotated[int, typer.Option(help="Evolved instruction length cap.")] = 256,
-    temperature: Annotated[float, typer.Option(help="Answer sampling temperature.")] = 0.7,
-    max_tokens: Annotated[int, typer.Option("--max-tokens", help="Answer length cap.")] = 512,
-    judge_max_tokens: Annotated[int, typer.Option(help="Judge answer length cap.")] = 16,
-    top_p: Annotated[float, typer.Option("--top-p", help="Nucleus sampling.")] = 1.0,
-    concurrency: Annotated[int, typer.Option(help="Seed chains in flight.")] = 64,
+    evol_temperature: Annotated[
+        float, typer.Option(min=0.0, help="Evolving sampling temperature.")
+    ] = 0.7,
+    evol_max_tokens: Annotated[
+        int, typer.Option(min=1, help="Evolved instruction length cap.")
+    ] = 256,
+    temperature: Annotated[float, typer.Option(min=0.0, help="Answer sampling temperature.")
+                           ] = 0.7,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", min=1, help="Answer length cap.")
+                          ] = 512,
+    judge_max_tokens: Annotated[int, typer.Option(min=1, help="Judge answer length cap.")] = 16,
+    top_p: Annotated[float, typer.Option("--top-p", max=1.0, callback=positive,
+                                         help="Nucleus sampling (> 0).")] = 1.0,
+    concurrency: Annotated[int, typer.Option(min=1, help="Seed chains in flight.")] = 64,
     column: ColumnOpt = "instruction",
     limit: LimitOpt = None,
     skip_invalid: SkipInvalidOpt = False,
@@ -165,8 +175,6 @@ def evolve_cmd(
             executor=executor,
             shards=shards,
         )
-        if rounds < 1:
-            raise EvolError(f"--rounds must be >= 1, got {rounds}")
         names, _ = select_operations(load_operations(cfg.ops_dir), cfg.operations, cfg.weights)
         if dry_run:
             source = InstructionSource(input, column=column, skip_invalid=skip_invalid,
@@ -176,7 +184,7 @@ def evolve_cmd(
             return
         result = run_evolve(input, output, cfg, api_key=api_key, progress=progress)
     except EvolError as e:
-        console.print(f"[red]error:[/red] {e}", highlight=False)
+        print_error(e)
         raise typer.Exit(2) from None
     print_usage(result.usage)
     print_summary(write_summary(output))
@@ -251,7 +259,8 @@ def lineage_cmd(
         bool, typer.Option("--json", help="Print the record's lineage as JSON instead (a seed "
                            "id: every record of its chain).")
     ] = False,
-    width: Annotated[int, typer.Option(help="Characters of each instruction shown.")] = 160,
+    width: Annotated[int, typer.Option(min=10, help="Characters of each instruction shown.")
+                     ] = 160,
 ) -> None:
     """Show how one seed's chain grew: every round's child, kept or eliminated, and why.
 
@@ -260,7 +269,7 @@ def lineage_cmd(
     try:
         records = chain_records(run_dir, record_id)
     except EvolError as e:
-        console.print(f"[red]error:[/red] {e}", highlight=False)
+        print_error(e)
         raise typer.Exit(2) from None
     if as_json:
         import json

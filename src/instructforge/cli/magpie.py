@@ -26,6 +26,7 @@ from instructforge.cli.common import (
     console,
     handle_errors,
     out,
+    positive,
     print_plan,
     print_usage,
     terminal_text,
@@ -64,6 +65,8 @@ def build_filters(disable: list[str], languages: str, min_chars: int, max_chars:
     if unknown:
         raise typer.BadParameter(f"--disable-filter {unknown[0]!r}: choose from "
                                  f"{', '.join(FILTER_SWITCHES)}")
+    if max_chars < min_chars:
+        raise typer.BadParameter(f"--max-chars {max_chars} is below --min-chars {min_chars}")
     langs = tuple(x.strip() for x in languages.split(",") if x.strip())
     off = set(disable)
     return FilterConfig(
@@ -85,8 +88,10 @@ def build_filters(disable: list[str], languages: str, min_chars: int, max_chars:
 def magpie_cmd(
     output: Annotated[Path, typer.Option("--output", "-o", help="Run directory (resumable).")],
     config: ConfigOpt = None,
-    n: Annotated[int, typer.Option("-n", "--num", help="Conversations to synthesise.")] = 100,
-    turns: Annotated[int, typer.Option(help="User/assistant pairs per conversation.")] = 1,
+    n: Annotated[int, typer.Option("-n", "--num", min=1, help="Conversations to synthesise.")
+                 ] = 100,
+    turns: Annotated[int, typer.Option(min=1, help="User/assistant pairs per conversation.")
+                     ] = 1,
     model: ModelOpt = "embedded",
     base_url: BaseUrlOpt = None,
     api_key: ApiKeyOpt = None,
@@ -123,12 +128,17 @@ def magpie_cmd(
         typer.Option("--default-system/--no-default-system", help="Put the chat template's own "
                      "default system prompt before the pre-query (small models need it)."),
     ] = True,
-    query_temperature: Annotated[float, typer.Option(help="Sampling for queries.")] = 1.0,
-    query_top_p: Annotated[float, typer.Option(help="Nucleus sampling for queries.")] = 1.0,
-    query_max_tokens: Annotated[int, typer.Option(help="Query length cap.")] = 256,
-    temperature: Annotated[float, typer.Option(help="Sampling for answers (0: greedy).")] = 0.0,
-    top_p: Annotated[float, typer.Option("--top-p", help="Nucleus sampling for answers.")] = 1.0,
-    max_tokens: Annotated[int, typer.Option("--max-tokens", help="Answer length cap.")] = 512,
+    query_temperature: Annotated[float, typer.Option(min=0.0, help="Sampling for queries.")
+                                 ] = 1.0,
+    query_top_p: Annotated[float, typer.Option(max=1.0, callback=positive,
+                                               help="Nucleus sampling for queries (> 0).")] = 1.0,
+    query_max_tokens: Annotated[int, typer.Option(min=1, help="Query length cap.")] = 256,
+    temperature: Annotated[float, typer.Option(min=0.0, help="Sampling for answers (0: greedy).")
+                           ] = 0.0,
+    top_p: Annotated[float, typer.Option("--top-p", max=1.0, callback=positive,
+                                         help="Nucleus sampling for answers (> 0).")] = 1.0,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", min=1, help="Answer length cap.")
+                          ] = 512,
     add_bos: Annotated[
         bool,
         typer.Option("--add-bos/--no-add-bos", help="Send the BOS token text (servers usually "
@@ -138,10 +148,12 @@ def magpie_cmd(
         str, typer.Option("--language", help="Allowed languages, comma-separated ISO codes "
                           "('any': no language filter).")
     ] = "en",
-    min_chars: Annotated[int, typer.Option(help="Shortest query kept (characters).")] = 10,
-    max_chars: Annotated[int, typer.Option(help="Longest query kept (characters).")] = 2000,
+    min_chars: Annotated[int, typer.Option(min=0, help="Shortest query kept (characters).")] = 10,
+    max_chars: Annotated[int, typer.Option(min=1, help="Longest query kept (characters).")
+                         ] = 2000,
     near_dup_threshold: Annotated[
-        float, typer.Option(help="MinHash Jaccard at or above which a query is a near-duplicate.")
+        float, typer.Option(min=0.0, max=1.0, help="MinHash Jaccard at or above which a query "
+                            "is a near-duplicate.")
     ] = 0.7,
     disable_filter: Annotated[
         list[str] | None,
@@ -149,11 +161,12 @@ def magpie_cmd(
                      + ", ".join(FILTER_SWITCHES) + "."),
     ] = None,
     seed: Annotated[int, typer.Option(help="Base seed; every call gets its own from it.")] = 0,
-    concurrency: Annotated[int, typer.Option(help="Conversations in flight.")] = 64,
+    concurrency: Annotated[int, typer.Option(min=1, help="Conversations in flight.")] = 64,
     shared_cache: SharedCacheOpt = None,
     executor: ExecutorOpt = "local",
     shards: ShardsOpt = None,
-    show: Annotated[int, typer.Option(help="Sample conversations to print at the end.")] = 3,
+    show: Annotated[int, typer.Option(min=0, help="Sample conversations to print at the end.")
+                    ] = 3,
     dry_run: DryRunOpt = False,
     progress: ProgressOpt = True,
 ) -> None:

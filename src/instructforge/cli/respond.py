@@ -26,6 +26,7 @@ from instructforge.cli.common import (
     app,
     console,
     handle_errors,
+    positive,
     print_plan,
     print_usage,
 )
@@ -52,11 +53,13 @@ def respond_cmd(
     system_prompt: Annotated[
         str | None, typer.Option("--system-prompt", help="System message for every request.")
     ] = None,
-    temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = 0.7,
-    top_p: Annotated[float, typer.Option("--top-p", help="Nucleus sampling.")] = 1.0,
-    max_tokens: Annotated[int, typer.Option("--max-tokens", help="Answer length cap.")] = 512,
+    temperature: Annotated[float, typer.Option(min=0.0, help="Sampling temperature.")] = 0.7,
+    top_p: Annotated[float, typer.Option("--top-p", max=1.0, callback=positive,
+                                         help="Nucleus sampling (> 0).")] = 1.0,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", min=1, help="Answer length cap.")
+                          ] = 512,
     seed: Annotated[int, typer.Option(help="Base seed; each request gets its own from it.")] = 0,
-    concurrency: Annotated[int, typer.Option(help="Records in flight.")] = 64,
+    concurrency: Annotated[int, typer.Option(min=1, help="Records in flight.")] = 64,
     limit: LimitOpt = None,
     skip_invalid: SkipInvalidOpt = False,
     shared_cache: SharedCacheOpt = None,

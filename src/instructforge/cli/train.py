@@ -7,8 +7,14 @@ from typing import Annotated
 
 import typer
 
-from instructforge.cli.common import ConfigOpt, ProgressOpt, app, console
+from instructforge.cli.common import ConfigOpt, ProgressOpt, app, console, positive, print_error
 from instructforge.tuning.export import ExportError
+
+
+def _steps(value: int) -> int:
+    if value != -1 and value < 1:
+        raise typer.BadParameter(f"must be -1 (off) or >= 1, got {value}")
+    return value
 
 
 @app.command("train")
@@ -20,23 +26,29 @@ def train_cmd(
         str, typer.Option("--base-model", help="Hugging Face model folder, a .gguf file, or "
                           "'embedded' (SmolLM2-135M-Instruct converted from its GGUF).")
     ] = "embedded",
-    epochs: Annotated[float, typer.Option(help="Passes over the data.")] = 3.0,
-    max_steps: Annotated[int, typer.Option("--max-steps", help="Stop after N optimizer steps "
-                         "(overrides --epochs; -1: off).")] = -1,
+    epochs: Annotated[float, typer.Option(callback=positive, help="Passes over the data (> 0).")
+                      ] = 3.0,
+    max_steps: Annotated[int, typer.Option("--max-steps", callback=_steps, help="Stop after N "
+                         "optimizer steps (overrides --epochs; -1: off).")] = -1,
     learning_rate: Annotated[float | None, typer.Option(
-        "--learning-rate", "--lr", help="Default 2e-5 (full) / 2e-4 (LoRA).")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Per-device batch.")] = 4,
-    grad_accum: Annotated[int, typer.Option("--grad-accum", help="Gradient accumulation.")] = 1,
-    max_length: Annotated[int, typer.Option("--max-length", help="Tokens per example.")] = 1024,
+        "--learning-rate", "--lr", callback=positive,
+        help="Default 2e-5 (full) / 2e-4 (LoRA); > 0.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Per-device batch.")] = 4,
+    grad_accum: Annotated[int, typer.Option("--grad-accum", min=1,
+                                            help="Gradient accumulation.")] = 1,
+    max_length: Annotated[int, typer.Option("--max-length", min=1, help="Tokens per example.")
+                          ] = 1024,
     lora: Annotated[bool, typer.Option("--lora/--full", help="LoRA adapters (merged on save) "
                     "or full fine-tuning.")] = False,
-    lora_r: Annotated[int, typer.Option("--lora-r")] = 16,
-    lora_alpha: Annotated[int, typer.Option("--lora-alpha")] = 32,
-    save_steps: Annotated[int, typer.Option("--save-steps", help="Checkpoint every N steps.")
+    lora_r: Annotated[int, typer.Option("--lora-r", min=1, help="LoRA rank.")] = 16,
+    lora_alpha: Annotated[int, typer.Option("--lora-alpha", min=1, help="LoRA scaling.")] = 32,
+    save_steps: Annotated[int, typer.Option("--save-steps", min=1, help="Checkpoint every N steps.")
                           ] = 100,
-    logging_steps: Annotated[int, typer.Option("--logging-steps")] = 5,
-    seed: Annotated[int, typer.Option(help="Training seed.")] = 42,
-    limit: Annotated[int | None, typer.Option("--limit", help="Use the first N records.")] = None,
+    logging_steps: Annotated[int, typer.Option("--logging-steps", min=1,
+                                               help="Log the loss every N steps.")] = 5,
+    seed: Annotated[int, typer.Option(min=0, help="Training seed.")] = 42,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="Use the first N records.")
+                     ] = None,
     resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Continue from the last "
                       "checkpoint in MODEL_DIR/checkpoints.")] = True,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
@@ -58,7 +70,7 @@ def train_cmd(
     try:
         res = train(run_dir, cfg)
     except (TrainError, ExportError) as e:
-        console.print(f"[red]error:[/red] {e}", highlight=False)
+        print_error(e)
         raise typer.Exit(2) from None
     first = res.losses[0][1] if res.losses else float("nan")
     last = res.losses[-1][1] if res.losses else float("nan")
@@ -89,12 +101,12 @@ def experiment_cmd(
     for item in set_ or []:
         name, sep, value = item.partition("=")
         if not sep:
-            console.print(f"[red]error:[/red] --set {item!r}: expected NAME=VALUE")
+            print_error(f"--set {item!r}: expected NAME=VALUE")
             raise typer.Exit(2)
         overrides[name.strip()] = value
     try:
         run_experiment(recipe, overrides=overrides, only=step, dry_run=dry_run,
                        echo=lambda s: console.print(s, highlight=False, markup=False))
     except RecipeError as e:
-        console.print(f"[red]error:[/red] {e}", highlight=False)
+        print_error(e)
         raise typer.Exit(2) from None

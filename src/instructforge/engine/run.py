@@ -107,6 +107,8 @@ async def arun_job(
     The job holds the run directory's lock (:class:`RunLocked` if another process has it)
     and refuses a run made with options that change records (:class:`OptionsChanged`).
     """
+    if concurrency < 1:  # no record could ever start: the job would wait forever
+        raise ValueError(f"concurrency must be >= 1, got {concurrency}")
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     with run.lock():
         run.reopen({"job": name, **config})

@@ -31,7 +31,7 @@ from instructforge.engine import Context, run_job
 from instructforge.llm import LLM, SamplingParams, make_llm
 from instructforge.llm.urls import redact_urls
 from instructforge.records import Record, new_record, stable_id, stable_seed
-from instructforge.tuning import gsm8k, humaneval, judge
+from instructforge.tuning import gsm8k, humaneval, judge, train_extra_missing
 from instructforge.tuning.hf_llm import HFModel, is_hf_model_dir
 from instructforge.tuning.prompts import render
 from instructforge.tuning.sandbox import sandbox_problem
@@ -156,6 +156,11 @@ def make_eval_llm(spec: str, device: str = "auto") -> LLM:
     if problem := unfinished_model(spec):
         raise EvalError(problem)
     if is_hf_model_dir(spec):
+        try:
+            import torch  # noqa: F401
+            import transformers  # noqa: F401
+        except ImportError as e:
+            raise EvalError(train_extra_missing(f"evaluating the model folder {spec}", e)) from None
         return HFModel(spec, device=device)
     return make_llm(spec)
 

@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from instructforge.tuning import train_extra_missing
 from instructforge.tuning.export import read_records, records_path, training_messages
 
 CHATML_TEMPLATE = Path(__file__).parent.parent / "prompts" / "tuning" / "chatml.jinja"
@@ -79,11 +80,14 @@ def hf_from_gguf(gguf_path: str | Path, out_dir: str | Path | None = None) -> Pa
     if (out / "config.json").exists() and (out / "model.safetensors").exists():
         return out
 
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    try:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    except ImportError as e:  # transformers names no module when gguf is missing
+        raise TrainError(train_extra_missing("reading a GGUF model", e)) from None
     config_dict = loaded.config.to_dict()
     config_dict.pop("quantization_config", None)
     config = type(loaded.config).from_dict(config_dict)
@@ -357,10 +361,16 @@ def train(run: str | Path, config: TrainConfig) -> TrainResult:
 
     >>> # train("runs/demo", TrainConfig(base_model="embedded", output_dir="m", lora=True))
     """
-    import torch
-    from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import SFTConfig, SFTTrainer
+    try:
+        import torch
+        from datasets import Dataset
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from trl import SFTConfig, SFTTrainer
+
+        if config.lora:
+            from peft import LoraConfig
+    except ImportError as e:
+        raise TrainError(train_extra_missing("train", e)) from None
 
     started = time.monotonic()
     chats = load_conversations(run, config.max_records)
@@ -389,8 +399,6 @@ def train(run: str | Path, config: TrainConfig) -> TrainResult:
 
     peft_config = None
     if config.lora:
-        from peft import LoraConfig
-
         peft_config = LoraConfig(
             r=config.lora_r,
             lora_alpha=config.lora_alpha,
