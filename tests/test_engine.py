@@ -14,7 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from instructforge.devserver import DevServer
-from instructforge.engine import JobAborted, RequestCache, RunDir, iter_jsonl, run_job
+from instructforge.engine import JobAborted, RequestCache, RunDir, Usage, iter_jsonl, run_job
+from instructforge.engine.progress import JobProgress
 from instructforge.llm import LLMError, OpenAICompatible
 from instructforge.methods.respond import ModelConfig, RespondConfig, respond
 from instructforge.records import new_record, rejected
@@ -163,3 +164,24 @@ def test_resume_after_sigkill_loses_nothing_duplicates_nothing_repeats_no_finish
     ids = [r["id"] for r in iter_jsonl(run.records)]
     assert len(ids) == n and len(set(ids)) == n  # 0 lost, 0 duplicated
     assert asked_again == n - finished_calls  # 0 repeated finished calls
+
+
+def test_usage_json_counts_retries_by_cause(tmp_path):
+    with DevServer(faults=["", "503", "hang", "null_content"]) as srv:
+        cfg_ = RespondConfig(llm=ModelConfig("dev", srv.url, timeout=0.5, max_retries=3),
+                             concurrency=1)
+        respond(seeds(tmp_path, 2), tmp_path / "run", cfg_, progress=False)
+    usage = json.loads(RunDir(tmp_path / "run").usage.read_text())
+    for counts in (usage["total"], usage["runs"][-1]["by_model_step"]):
+        u = counts[f"openai:dev@{srv.url}"]["respond"]
+        assert u["retries"] == 3
+        assert u["retry_causes"] == {"HTTP 503": 1, "empty": 1, "timeout": 1}
+        assert u["errors"] == 0
+
+
+def test_the_progress_line_shows_retries_and_their_causes():
+    usage = Usage()
+    usage.steps[("m", "respond")].count_retries({"timeout": 2, "HTTP 503": 1})
+    usage.steps[("m", "judge")].count_retries({"timeout": 1})
+    line = JobProgress("respond", 10, usage, enabled=False).line()
+    assert "retries 4 (timeout 3, HTTP 503 1)" in line

@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from instructforge.engine.cache import RequestCache
-from instructforge.engine.context import Context
+from instructforge.engine.context import Context, Usage
 from instructforge.engine.progress import JobProgress
 from instructforge.engine.store import RunDir, Store, iter_jsonl
 from instructforge.llm.base import LLM, LLMError
@@ -216,14 +216,10 @@ def _save_usage(run: RunDir, name: str, ctx: Context, result: JobResult) -> None
     }
     runs = [r for r in data.get("runs", []) if r.get("started") != this["started"]]
     runs.append(this)
-    total: dict[str, dict[str, dict[str, float]]] = {}
+    total = Usage()
     for r in runs:
-        for model, steps in r["by_model_step"].items():
-            for step, u in steps.items():
-                agg = total.setdefault(model, {}).setdefault(step, {})
-                for k, v in u.items():
-                    agg[k] = round(agg.get(k, 0) + v, 3)
-    data = {"job": name, "total": total, "runs": runs}
+        total.add(r["by_model_step"])
+    data = {"job": name, "total": total.as_dict(), "runs": runs}
     result.usage = data
     tmp = run.usage.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(data, indent=2))
