@@ -7,6 +7,7 @@ import json
 from typer.testing import CliRunner
 
 from instructforge.cli import app
+from instructforge.devserver import DevServer
 from instructforge.engine import RunDir
 
 runner = CliRunner()
@@ -105,3 +106,27 @@ def test_models_lists_the_embedded_model_and_a_servers_models(dev_server):
     res = runner.invoke(app, ["models", "--base-url", dev_server.url], terminal_width=300)
     assert res.exit_code == 0, res.output
     assert "SmolLM2-135M-Instruct" in res.output and "dev" in res.output
+
+
+def test_failed_inputs_are_rejected_with_the_reason_exit_3_and_a_rerun_retries_them(tmp_path):
+    run = RunDir(tmp_path / "run")
+    with DevServer(faults=["", "500", "500"]) as srv:  # "": the preflight; then input 1 fails
+        args = ["respond", str(seeds(tmp_path)), "-o", str(run.root), "--base-url", srv.url,
+                "-m", "dev", "--no-progress", "--max-retries", "1", "--concurrency", "1"]
+        res = runner.invoke(app, args, terminal_width=300)
+        assert res.exit_code == 3, res.output
+        assert "1 input(s) failed after retries" in res.output
+        assert "1 failed" in res.output
+        [failed] = run.dropped()
+        assert failed["rejection"]["rule"] == "call_failed"
+        assert "HTTP 500" in failed["rejection"]["reason"]
+        assert failed["rejection"]["evidence"]["step"] == "respond"
+        assert failed["rejection"]["evidence"]["retries"] == {"HTTP 500": 1}
+        assert failed["id"] not in run.done.read_text().split()
+        assert len(list(run.kept())) == 2
+
+        res = runner.invoke(app, args, terminal_width=300)
+    assert res.exit_code == 0, res.output
+    ids = [r["id"] for r in run.kept()]
+    assert sorted(ids) == sorted(set(ids)) and len(ids) == 3
+    assert list(run.dropped()) == []

@@ -166,6 +166,34 @@ def test_resume_after_sigkill_loses_nothing_duplicates_nothing_repeats_no_finish
     assert asked_again == n - finished_calls  # 0 repeated finished calls
 
 
+def flaky(url: str, **kw) -> RespondConfig:
+    """Respond one input at a time, so the server's faults in order hit known inputs."""
+    return RespondConfig(llm=ModelConfig("dev", url, timeout=0.5, max_retries=1),
+                         concurrency=1, **kw)
+
+
+def test_an_empty_answer_is_never_kept_nor_cached_and_a_rerun_asks_again(tmp_path):
+    run = RunDir(tmp_path / "run")
+    with DevServer(faults=["", "empty_choices", "null_content"]) as srv:  # "": the preflight
+        res = respond(seeds(tmp_path, 1), run.root, flaky(srv.url), progress=False)
+        assert (res.kept, res.failed) == (0, 1)
+        cache = RequestCache(run.cache)
+        assert len(cache) == 0
+        cache.close()
+        res = respond(seeds(tmp_path, 1), run.root, flaky(srv.url), progress=False)
+    assert (res.kept, res.failed) == (1, 0)
+    assert [r["messages"][-1]["content"] for r in run.kept()] == [srv.answer]
+
+
+def test_a_malformed_body_fails_that_input_only_with_the_reason(tmp_path):
+    with DevServer(faults=["", "list_body", "null_body"]) as srv:
+        res = respond(seeds(tmp_path, 4), tmp_path / "run", flaky(srv.url), progress=False)
+    assert (res.kept, res.failed) == (3, 1)
+    [failed] = RunDir(tmp_path / "run").dropped()
+    assert failed["rejection"]["rule"] == "call_failed"
+    assert "the body is JSON null" in failed["rejection"]["reason"]
+
+
 def test_usage_json_counts_retries_by_cause(tmp_path):
     with DevServer(faults=["", "503", "hang", "null_content"]) as srv:
         cfg_ = RespondConfig(llm=ModelConfig("dev", srv.url, timeout=0.5, max_retries=3),

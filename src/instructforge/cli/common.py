@@ -13,9 +13,10 @@ import click
 import typer
 import yaml
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from instructforge.engine import JobAborted
+from instructforge.engine import JobAborted, JobResult
 from instructforge.inputs import InputError
 from instructforge.llm import LLMError
 
@@ -104,7 +105,14 @@ MaxConcurrencyOpt = Annotated[
                  "embedded: its slots + 4)."),
 ]
 TimeoutOpt = Annotated[
-    float | None, typer.Option("--timeout", help="Per-request timeout in seconds.")
+    float | None,
+    typer.Option("--timeout", help="Seconds one attempt of a request may take, answer included "
+                 "(default: 120; embedded: 600). Connecting may take 10 s."),
+]
+MaxRetriesOpt = Annotated[
+    int | None,
+    typer.Option("--max-retries", help="Attempts made again per request after HTTP "
+                 "429/5xx, a timeout, a dropped connection or an unusable answer (default: 5)."),
 ]
 DryRunOpt = Annotated[
     bool,
@@ -135,6 +143,24 @@ ShardsOpt = Annotated[
     typer.Option("--shards", help="Shards for --executor ray (default: the cluster's CPUs; "
                  "fixed once a run directory is split)."),
 ]
+
+
+# Exit codes. 0: the run is complete. 1: an error stopped it (server unreachable, too many
+# failures in a row). 2: bad input or options (nothing was called). 3: it finished, but some
+# inputs failed after retries (rule call_failed in rejected.jsonl); the same command retries
+# them. 130: interrupted.
+EXIT_INCOMPLETE = 3
+
+
+def exit_if_incomplete(result: JobResult) -> None:
+    """Say how many inputs failed and exit with :data:`EXIT_INCOMPLETE` when any did."""
+    if not result.failed:
+        return
+    console.print(
+        f"[yellow]incomplete:[/yellow] {result.failed} input(s) failed after retries; their "
+        f"reasons are in {escape(str(result.run_dir.rejected))} (rule call_failed). Rerun the "
+        "same command to retry them.", highlight=False)
+    raise typer.Exit(EXIT_INCOMPLETE)
 
 
 def handle_errors(fn: F) -> F:

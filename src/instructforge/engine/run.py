@@ -101,8 +101,11 @@ async def arun_job(
     ``concurrency`` bounds the records in flight (each backend bounds its own requests);
     ``llms`` are checked before the first record and closed at the end. Input records with
     ``status == "rejected"`` (invalid rows kept by ``--skip-invalid``) go straight to
-    ``rejected.jsonl``. Raises :class:`JobAborted` after ``max_consecutive_failures`` inputs
-    in a row fail with an :class:`LLMError`; everything finished is kept.
+    ``rejected.jsonl``. An input whose ``process`` raises :class:`LLMError` (a call failed
+    after the backend's retries) is counted in ``failed``, written to ``rejected.jsonl``
+    with the reason (rule ``call_failed``) and not marked done: a rerun retries it. Raises
+    :class:`JobAborted` after ``max_consecutive_failures`` inputs in a row fail; everything
+    finished is kept.
     """
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     run.write_config({"job": name, **config})
@@ -125,6 +128,7 @@ async def arun_job(
         except LLMError as e:
             result.failed += 1
             consecutive += 1
+            store.fail(rec, str(e), {"step": e.step, "model": e.model, "retries": e.retries})
             if len(result.errors) < 20:
                 result.errors.append(f"{rec['id']}: {e}")
             if consecutive >= max_consecutive_failures and not abort:

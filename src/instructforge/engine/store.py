@@ -14,6 +14,11 @@ Layout::
 Each input's outputs are appended and flushed before its id goes to ``state/done.txt``; a
 rerun skips done inputs and never writes a record id twice, so a ``kill -9`` at any point
 loses nothing finished and duplicates nothing.
+
+An input whose LLM calls failed (after the backend's retries) is not done: it goes to
+``rejected.jsonl`` as a copy of the input with ``rejection.rule == "call_failed"`` and the
+reason, and the next run on the directory takes these records out again and retries their
+inputs.
 """
 
 from __future__ import annotations
@@ -26,7 +31,16 @@ from typing import IO, Any
 
 import yaml
 
-from instructforge.records import IdIndex, Record
+from instructforge.records import IdIndex, Record, rejected
+
+# The rejection of an input whose calls failed for good in this run (a rerun retries it).
+CALL_FAILED = "call_failed"
+
+
+def is_call_failure(rec: Record) -> bool:
+    """Whether ``rec`` (from ``rejected.jsonl``) is an input whose LLM calls failed."""
+    rejection = rec.get("rejection") or {}
+    return rejection.get("stage") == "call" and rejection.get("rule") == CALL_FAILED
 
 
 def _repair_tail(path: Path) -> None:
@@ -106,11 +120,30 @@ class Store:
         # Ids already on disk: a rerun must not write them again (an input that was cut
         # between its records and its done marker is processed again).
         self._written = IdIndex()
-        for p in (run.records, run.rejected):
-            self._written.update(rec["id"] for rec in iter_jsonl(p))
+        self._written.update(rec["id"] for rec in iter_jsonl(run.records))
+        self._forget_call_failures()
         self._kept: IO[str] = open(run.records, "a", encoding="utf-8")
         self._rej: IO[str] = open(run.rejected, "a", encoding="utf-8")
         self._done: IO[str] = open(run.done, "a", encoding="utf-8")
+
+    def _forget_call_failures(self) -> None:
+        """Learn the ids in ``rejected.jsonl`` except those of failed inputs, whose records
+        are taken out of the file (this run retries them)."""
+        path = self.run.rejected
+        failures = 0
+        for rec in iter_jsonl(path):
+            if is_call_failure(rec):
+                failures += 1
+            else:
+                self._written.add(rec["id"])
+        if not failures:
+            return
+        tmp = path.with_suffix(".jsonl.tmp")
+        with open(path, encoding="utf-8") as src, open(tmp, "w", encoding="utf-8") as dst:
+            for line in src:
+                if line.strip() and not is_call_failure(json.loads(line)):
+                    dst.write(line)
+        tmp.replace(path)
 
     def is_done(self, input_id: str) -> bool:
         return input_id in self.done
@@ -134,6 +167,15 @@ class Store:
         self._done.write(input_id + "\n")
         self._done.flush()
         return kept, rej
+
+    def fail(self, rec: Record, reason: str, evidence: dict[str, Any]) -> None:
+        """Record an input whose calls failed: in ``rejected.jsonl`` with the reason, and not
+        done, so the next run retries it."""
+        if rec["id"] in self._written:  # its outputs are on disk from an earlier run
+            return
+        out = rejected(rec, stage="call", rule=CALL_FAILED, reason=reason, evidence=evidence)
+        self._rej.write(json.dumps(out, ensure_ascii=False) + "\n")
+        self._rej.flush()
 
     def reject_input(self, rec: Record) -> None:
         """Record an invalid input row (not an input to resume)."""
