@@ -213,3 +213,27 @@ def test_the_progress_line_shows_retries_and_their_causes():
     usage.steps[("m", "judge")].count_retries({"timeout": 1})
     line = JobProgress("respond", 10, usage, enabled=False).line()
     assert "retries 4 (timeout 3, HTTP 503 1)" in line
+
+
+def test_a_failed_input_is_rejected_with_the_reason_not_done_and_retried_by_a_rerun(tmp_path):
+    async def failing(rec, ctx):
+        if rec["id"] == "b":
+            raise LLMError("server said no")
+        return [rec]
+
+    async def working(rec, ctx):
+        return [rec]
+
+    inputs = [new_record(i, "x", method="input") for i in ("a", "b", "c")]
+    run = RunDir(tmp_path / "run")
+    res = run_job("t", inputs, failing, run.root, config={}, progress=False)
+    assert (res.kept, res.failed) == (2, 1)
+    [failed] = run.dropped()
+    assert failed["id"] == "b" and failed["rejection"]["rule"] == "call_failed"
+    assert failed["rejection"]["reason"] == "server said no"
+    assert run.done.read_text().split() == ["a", "c"]
+
+    res = run_job("t", inputs, working, run.root, config={}, progress=False)
+    assert (res.processed, res.skipped, res.failed) == (1, 2, 0)
+    assert sorted(r["id"] for r in run.kept()) == ["a", "b", "c"]
+    assert list(run.dropped()) == []
