@@ -198,3 +198,27 @@ def test_the_missing_analysis_extra_hint_keeps_its_brackets(tmp_path, monkeypatc
                               "--no-report"], terminal_width=300)
     assert res.exit_code == 2, res.output
     assert "pip install 'instructforge[analysis]'" in res.output.replace("\n", "")
+
+
+def test_failed_inputs_are_rejected_with_the_reason_exit_3_and_a_rerun_retries_them(tmp_path):
+    run = RunDir(tmp_path / "run")
+    with DevServer(faults=["", "500", "500"]) as srv:  # "": the preflight; then input 1 fails
+        args = ["respond", str(seeds(tmp_path)), "-o", str(run.root), "--base-url", srv.url,
+                "-m", "dev", "--no-progress", "--max-retries", "1", "--concurrency", "1"]
+        res = runner.invoke(app, args, terminal_width=300)
+        assert res.exit_code == 3, res.output
+        assert "1 input(s) failed after retries" in res.output
+        assert "1 failed" in res.output
+        [failed] = run.dropped()
+        assert failed["rejection"]["rule"] == "call_failed"
+        assert "HTTP 500" in failed["rejection"]["reason"]
+        assert failed["rejection"]["evidence"]["step"] == "respond"
+        assert failed["rejection"]["evidence"]["retries"] == {"HTTP 500": 1}
+        assert failed["id"] not in run.done.read_text().split()
+        assert len(list(run.kept())) == 2
+
+        res = runner.invoke(app, args, terminal_width=300)
+    assert res.exit_code == 0, res.output
+    ids = [r["id"] for r in run.kept()]
+    assert sorted(ids) == sorted(set(ids)) and len(ids) == 3
+    assert list(run.dropped()) == []

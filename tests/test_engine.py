@@ -14,7 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from instructforge.devserver import DevServer
-from instructforge.engine import JobAborted, RequestCache, RunDir, iter_jsonl, run_job
+from instructforge.engine import JobAborted, RequestCache, RunDir, Usage, iter_jsonl, run_job
+from instructforge.engine.progress import JobProgress
 from instructforge.llm import LLMError, OpenAICompatible
 from instructforge.methods.respond import ModelConfig, RespondConfig, respond
 from instructforge.records import new_record, rejected
@@ -219,3 +220,76 @@ def test_a_concurrency_below_1_is_refused_rather_than_waiting_forever(tmp_path):
         run_job("t", [new_record("a", "x", method="input")], process, tmp_path / "run",
                 config={}, progress=False, concurrency=0)
     assert not (tmp_path / "run").exists()
+
+
+def flaky(url: str, **kw) -> RespondConfig:
+    """Respond one input at a time, so the server's faults in order hit known inputs."""
+    return RespondConfig(llm=ModelConfig("dev", url, timeout=0.5, max_retries=1),
+                         concurrency=1, **kw)
+
+
+def test_an_empty_answer_is_never_kept_nor_cached_and_a_rerun_asks_again(tmp_path):
+    run = RunDir(tmp_path / "run")
+    with DevServer(faults=["", "empty_choices", "null_content"]) as srv:  # "": the preflight
+        res = respond(seeds(tmp_path, 1), run.root, flaky(srv.url), progress=False)
+        assert (res.kept, res.failed) == (0, 1)
+        cache = RequestCache(run.cache)
+        assert len(cache) == 0
+        cache.close()
+        res = respond(seeds(tmp_path, 1), run.root, flaky(srv.url), progress=False)
+    assert (res.kept, res.failed) == (1, 0)
+    assert [r["messages"][-1]["content"] for r in run.kept()] == [srv.answer]
+
+
+def test_a_malformed_body_fails_that_input_only_with_the_reason(tmp_path):
+    with DevServer(faults=["", "list_body", "null_body"]) as srv:
+        res = respond(seeds(tmp_path, 4), tmp_path / "run", flaky(srv.url), progress=False)
+    assert (res.kept, res.failed) == (3, 1)
+    [failed] = RunDir(tmp_path / "run").dropped()
+    assert failed["rejection"]["rule"] == "call_failed"
+    assert "the body is JSON null" in failed["rejection"]["reason"]
+
+
+def test_usage_json_counts_retries_by_cause(tmp_path):
+    with DevServer(faults=["", "503", "hang", "null_content"]) as srv:
+        cfg_ = RespondConfig(llm=ModelConfig("dev", srv.url, timeout=0.5, max_retries=3),
+                             concurrency=1)
+        respond(seeds(tmp_path, 2), tmp_path / "run", cfg_, progress=False)
+    usage = json.loads(RunDir(tmp_path / "run").usage.read_text())
+    for counts in (usage["total"], usage["runs"][-1]["by_model_step"]):
+        u = counts[f"openai:dev@{srv.url}"]["respond"]
+        assert u["retries"] == 3
+        assert u["retry_causes"] == {"HTTP 503": 1, "empty": 1, "timeout": 1}
+        assert u["errors"] == 0
+
+
+def test_the_progress_line_shows_retries_and_their_causes():
+    usage = Usage()
+    usage.steps[("m", "respond")].count_retries({"timeout": 2, "HTTP 503": 1})
+    usage.steps[("m", "judge")].count_retries({"timeout": 1})
+    line = JobProgress("respond", 10, usage, enabled=False).line()
+    assert "retries 4 (timeout 3, HTTP 503 1)" in line
+
+
+def test_a_failed_input_is_rejected_with_the_reason_not_done_and_retried_by_a_rerun(tmp_path):
+    async def failing(rec, ctx):
+        if rec["id"] == "b":
+            raise LLMError("server said no")
+        return [rec]
+
+    async def working(rec, ctx):
+        return [rec]
+
+    inputs = [new_record(i, "x", method="input") for i in ("a", "b", "c")]
+    run = RunDir(tmp_path / "run")
+    res = run_job("t", inputs, failing, run.root, config={}, progress=False)
+    assert (res.kept, res.failed) == (2, 1)
+    [failed] = run.dropped()
+    assert failed["id"] == "b" and failed["rejection"]["rule"] == "call_failed"
+    assert failed["rejection"]["reason"] == "server said no"
+    assert run.done.read_text().split() == ["a", "c"]
+
+    res = run_job("t", inputs, working, run.root, config={}, progress=False)
+    assert (res.processed, res.skipped, res.failed) == (1, 2, 0)
+    assert sorted(r["id"] for r in run.kept()) == ["a", "b", "c"]
+    assert list(run.dropped()) == []

@@ -236,6 +236,15 @@ def test_resume_makes_no_finished_call_twice(tmp_path):
     assert [c for c in again.calls if c[2].max_tokens != 1] == []
 
 
+def test_the_template_probe_is_cached_so_a_rerun_sends_nothing(tmp_path):
+    first = ScriptedLLM()
+    _run(tmp_path, first, n=2)
+    assert [c[2].max_tokens for c in first.calls].count(1) == 1  # the probe, once
+    again = ScriptedLLM()
+    _run(tmp_path, again, n=2)
+    assert again.calls == []
+
+
 def test_another_model_can_write_the_answers_through_its_chat_api(tmp_path):
     llm, responder = ScriptedLLM(), ScriptedLLM(model_id="responder")
     magpie(tmp_path / "run", MagpieConfig(n=1, filters=FilterConfig(languages=None)), llm=llm,

@@ -113,3 +113,90 @@ def test_a_failed_request_names_the_server_without_its_credentials():
     with pytest.raises(LLMError) as err:
         asyncio.run(llm.chat(MSG, P))
     assert "127.0.0.1:9" in str(err.value) and "S3CRET" not in str(err.value)
+
+
+@pytest.mark.parametrize("kind", ["chat", "complete"])
+@pytest.mark.parametrize("fault", ["empty_choices", "null_content", "empty_answer"])
+def test_a_200_without_an_answer_is_retried_not_returned(fault, kind):
+    with DevServer(faults=[fault]) as srv:
+        llm = fast(srv.url)
+        out = asyncio.run(llm.chat(MSG, P) if kind == "chat" else llm.complete("hi", P))
+    assert out.text == srv.answer
+    assert out.retries == {"empty": 1}
+
+
+def test_an_empty_answer_the_model_stopped_on_is_an_answer():
+    with DevServer(answer="") as srv:
+        out = asyncio.run(fast(srv.url).chat(MSG, P))
+    assert (out.text, out.finish_reason, srv.requests) == ("", "stop", 1)
+
+
+@pytest.mark.parametrize("fault", ["list_body", "null_body", "not_json", "no_choices"])
+def test_a_malformed_200_body_is_retried_like_a_server_error(fault):
+    with DevServer(faults=[fault]) as srv:
+        out = asyncio.run(fast(srv.url).chat(MSG, P))
+    assert out.text == srv.answer
+    assert out.retries == {"malformed": 1}
+
+
+@pytest.mark.parametrize("fault, reason", [
+    ("empty_choices", "no choices"),
+    ("null_content", "content is null"),
+    ("list_body", "the body is a JSON list"),
+])
+def test_a_call_that_only_gets_unusable_answers_fails_with_the_reason(fault, reason):
+    with DevServer(faults=[fault] * 3) as srv:
+        with pytest.raises(LLMError, match=reason) as e:
+            asyncio.run(fast(srv.url, max_retries=2).chat(MSG, P))
+    assert sum(e.value.retries.values()) == 2
+
+
+def test_a_malformed_model_list_is_retried():
+    with DevServer(faults=["list_body"]) as srv:
+        assert asyncio.run(fast(srv.url, None).resolve_model()) == "dev"
+
+
+def test_a_hung_request_times_out_and_is_retried():
+    with DevServer(faults=["hang"]) as srv:
+        out = asyncio.run(fast(srv.url, timeout=0.5).chat(MSG, P))
+    assert out.text == srv.answer
+    assert out.retries == {"timeout": 1}
+
+
+def test_retries_are_counted_by_cause():
+    with DevServer(faults=["503", "429", "503", "drop"]) as srv:
+        out = asyncio.run(fast(srv.url).chat(MSG, P))
+    assert out.retries == {"HTTP 503": 2, "HTTP 429": 1, "connection": 1}
+
+
+def test_a_request_waiting_to_retry_leaves_its_slot_to_others():
+    with DevServer(faults=["500"]) as srv:
+        llm = fast(srv.url, max_concurrency=1)
+        llm._delay = lambda attempt, retry_after: 1.0  # the first request waits 1 s to retry
+
+        async def both():
+            done = []
+
+            async def one(tag, start):
+                await asyncio.sleep(start)
+                await llm.chat(MSG, P)
+                done.append(tag)
+
+            await asyncio.gather(one("first", 0), one("second", 0.1))
+            return done
+
+        assert asyncio.run(both()) == ["second", "first"]
+
+
+def test_default_timeouts_bound_one_call_to_minutes():
+    llm = OpenAICompatible("http://127.0.0.1:1/v1", "m")
+    backoff = sum(min(llm.backoff_max, llm.backoff_base * 2**a) for a in range(llm.max_retries))
+    worst = (llm.max_retries + 1) * llm.timeout + backoff
+    assert llm.connect_timeout <= 10
+    assert worst <= 15 * 60
+
+
+@pytest.mark.parametrize("bad", [{"max_retries": -1}, {"timeout": 0}])
+def test_bad_retry_settings_are_refused(bad):
+    with pytest.raises(LLMError, match=next(iter(bad))):
+        OpenAICompatible("http://127.0.0.1:1/v1", "m", **bad)

@@ -2,8 +2,21 @@
 for trying a pipeline's plumbing without a model.
 
 It is a real HTTP/1.1 server on 127.0.0.1 (keep-alive, asyncio streams). It can inject faults
-in order (``"429"``, ``"500"``, ``"timeout"``, ``"drop"``, ``"401"``, ``"400"``) and it logs
-every prompt it answers (and every request body), so tests can see which calls reached it::
+in order (``faults=[...]``, any request) or at random (``fault_rate``, completion requests
+only, drawn from ``fault_mix`` by a generator seeded with ``seed``, so one seed gives one
+sequence of faults). The faults:
+
+- ``"429"``, ``"500"``, ``"503"``, ``"401"``, ``"400"``: that HTTP status;
+- ``"timeout"``: answer nothing for ``timeout_sleep`` seconds, then drop the connection;
+- ``"hang"``: never answer (until the client gives up and closes the connection);
+- ``"drop"``: close the connection at once;
+- HTTP 200 with an unusable body: ``"empty_choices"`` (``choices: []``), ``"null_content"``
+  (``content: null`` / ``text: null``), ``"empty_answer"`` (``""`` with no finish reason),
+  ``"no_choices"`` (an object without ``choices``), ``"list_body"`` (``[]``),
+  ``"null_body"`` (``null``), ``"not_json"`` (an HTML page).
+
+It logs every prompt it answers (and every request body), and counts injected faults by
+kind in ``injected``, so tests can see which calls reached it::
 
     with DevServer(faults=["429", "drop"]) as srv:
         llm = OpenAICompatible(srv.url, "dev")
@@ -22,14 +35,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import random
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from typing import Any
 
 # Request fields that ask for constrained decoding (llama.cpp, vLLM old and new, OpenAI).
 CONSTRAINT_FIELDS = ("grammar", "json_schema", "response_format", "structured_outputs",
                      "guided_choice", "guided_json", "guided_regex", "guided_grammar")
+
+
+STATUS_FAULTS = ("400", "401", "429", "500", "503")
+BODY_FAULTS = ("empty_choices", "null_content", "empty_answer", "no_choices", "list_body",
+               "null_body", "not_json")
+# What a flaky server does, for ``fault_rate``: errors, hangs, drops and unusable bodies.
+FAULT_MIX = ("429", "500", "503", "drop", "hang", *BODY_FAULTS)
 
 
 class DevServer:
@@ -49,6 +70,9 @@ class DevServer:
         flavour: str = "openai",
         version: str = "0.11.0",
         reject_constraints: bool = False,
+        fault_rate: float = 0.0,
+        fault_mix: tuple[str, ...] = FAULT_MIX,
+        seed: int = 0,
     ) -> None:
         self.answer = answer
         self.model = model
@@ -61,6 +85,10 @@ class DevServer:
         self.flavour = flavour
         self.version = version  # what a "vllm" flavour reports on GET /version
         self.reject_constraints = reject_constraints
+        self.fault_rate = fault_rate  # may be changed while serving (0: faults off)
+        self.fault_mix = fault_mix
+        self._rng = random.Random(seed)
+        self.injected: Counter[str] = Counter()
         self.prompts: list[Any] = []
         self.bodies: list[dict[str, Any]] = []  # every POST body, as sent (with log_prompts)
         self.rejected = 0  # requests refused for their constraint
@@ -90,6 +118,11 @@ class DevServer:
                 body = await reader.readexactly(length) if length else b""
                 self.requests += 1
                 fault = self.faults.popleft() if self.faults else None
+                if (fault is None and self.fault_rate and method == "POST"
+                        and self._rng.random() < self.fault_rate):
+                    fault = self._rng.choice(self.fault_mix)
+                if fault:
+                    self.injected[fault] += 1
                 if fault == "drop":
                     writer.transport.abort()
                     return
@@ -97,8 +130,15 @@ class DevServer:
                     await asyncio.sleep(self.timeout_sleep)
                     writer.transport.abort()
                     return
-                if fault in ("400", "429", "500", "401", "503"):
+                if fault == "hang":
+                    await reader.read()  # returns when the client closes the connection
+                    return
+                if fault in STATUS_FAULTS:
                     self._send(writer, int(fault), {"error": {"message": f"injected {fault}"}})
+                    await writer.drain()
+                    continue
+                if fault in BODY_FAULTS:
+                    self._send_raw(writer, 200, self._bad_body(fault, path))
                     await writer.drain()
                     continue
                 if self.delay:
@@ -148,9 +188,38 @@ class DevServer:
                          "choices": [choice], "usage": usage}
         return 404, {"error": {"message": f"no route {path}"}}
 
+    def _bad_body(self, fault: str, path: str) -> bytes:
+        """A 200 body of the kind ``fault`` names (shaped for ``path``'s endpoint)."""
+        chat = path.endswith("/chat/completions")
+        usage = {"prompt_tokens": 10, "completion_tokens": 0, "total_tokens": 10}
+
+        def choice(text: str | None, finish: str | None) -> dict[str, Any]:
+            if chat:
+                return {"index": 0, "finish_reason": finish,
+                        "message": {"role": "assistant", "content": text}}
+            return {"index": 0, "finish_reason": finish, "text": text}
+
+        body: Any = {
+            "empty_choices": {"object": "chat.completion", "model": self.model, "choices": [],
+                              "usage": usage},
+            "null_content": {"model": self.model, "choices": [choice(None, "stop")],
+                             "usage": usage},
+            "empty_answer": {"model": self.model, "choices": [choice("", None)],
+                             "usage": usage},
+            "no_choices": {"object": "chat.completion", "model": self.model},
+            "list_body": [],
+            "null_body": None,
+        }.get(fault)
+        if fault == "not_json":
+            return b"<html><body>502 Bad Gateway</body></html>"
+        return json.dumps(body).encode()
+
     @staticmethod
     def _send(writer: asyncio.StreamWriter, status: int, payload: dict[str, Any]) -> None:
-        data = json.dumps(payload).encode()
+        DevServer._send_raw(writer, status, json.dumps(payload).encode())
+
+    @staticmethod
+    def _send_raw(writer: asyncio.StreamWriter, status: int, data: bytes) -> None:
         writer.write(
             f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(data)}\r\nConnection: keep-alive\r\n\r\n".encode() + data

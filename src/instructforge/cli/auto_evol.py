@@ -17,12 +17,14 @@ from instructforge.cli.common import (
     DryRunOpt,
     LimitOpt,
     MaxConcurrencyOpt,
+    MaxRetriesOpt,
     ProgressOpt,
     SharedCacheOpt,
     SkipInvalidOpt,
     TimeoutOpt,
     app,
     console,
+    exit_if_incomplete,
     handle_errors,
     out,
     positive,
@@ -108,6 +110,7 @@ def auto_evol_cmd(
     api_key: ApiKeyOpt = None,
     max_concurrency: MaxConcurrencyOpt = None,
     timeout: TimeoutOpt = None,
+    max_retries: MaxRetriesOpt = None,
     rules: Annotated[
         str, typer.Option("--rules", help="Elimination rules, in the search and the final pass "
                           "alike: 'all' (the paper's four plus our checks) or 'paper'.")
@@ -166,7 +169,7 @@ def auto_evol_cmd(
                                 f"{', '.join(el.PRESETS)}")
 
         def model(spec: str) -> ModelConfig:
-            return ModelConfig(spec, base_url, None, max_concurrency, timeout)
+            return ModelConfig(spec, base_url, None, max_concurrency, timeout, max_retries)
 
         if initial_method is not None:
             EvolvingMethod.load(initial_method)  # a bad file fails before any call
@@ -210,6 +213,7 @@ def auto_evol_cmd(
         print_usage(result.evolution.usage)
         print_summary(write_summary(output))
         console.print(result.evolution.summary(), highlight=False)
+        exit_if_incomplete(result.evolution)
 
 
 def _plan(input: str, n: int, cfg: AutoEvolConfig) -> dict[str, Any]:

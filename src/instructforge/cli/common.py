@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from instructforge.engine import JobAborted, RunDirError
+from instructforge.engine import JobAborted, JobResult, RunDirError
 from instructforge.inputs import InputError
 from instructforge.llm import LLMError
 from instructforge.llm.urls import redact_urls
@@ -116,7 +116,13 @@ MaxConcurrencyOpt = Annotated[
 ]
 TimeoutOpt = Annotated[
     float | None,
-    typer.Option("--timeout", callback=positive, help="Per-request timeout in seconds (> 0)."),
+    typer.Option("--timeout", callback=positive, help="Seconds one attempt of a request may take, answer included "
+                 "(> 0; default: 120; embedded: 600). Connecting may take 10 s."),
+]
+MaxRetriesOpt = Annotated[
+    int | None,
+    typer.Option("--max-retries", min=0, help="Attempts made again per request after HTTP "
+                 "429/5xx, a timeout, a dropped connection or an unusable answer (default: 5)."),
 ]
 DryRunOpt = Annotated[
     bool,
@@ -155,6 +161,24 @@ def print_error(message: object) -> None:
     """``error: MESSAGE`` on stderr, the message as written: its brackets (an install hint
     like ``instructforge[train]``, a file name, a row's text) are never read as markup."""
     console.print(f"[red]error:[/red] {escape(str(message))}", highlight=False)
+
+
+# Exit codes. 0: the run is complete. 1: an error stopped it (server unreachable, too many
+# failures in a row). 2: bad input or options (nothing was called). 3: it finished, but some
+# inputs failed after retries (rule call_failed in rejected.jsonl); the same command retries
+# them. 130: interrupted.
+EXIT_INCOMPLETE = 3
+
+
+def exit_if_incomplete(result: JobResult) -> None:
+    """Say how many inputs failed and exit with :data:`EXIT_INCOMPLETE` when any did."""
+    if not result.failed:
+        return
+    console.print(
+        f"[yellow]incomplete:[/yellow] {result.failed} input(s) failed after retries; their "
+        f"reasons are in {escape(str(result.run_dir.rejected))} (rule call_failed). Rerun the "
+        "same command to retry them.", highlight=False)
+    raise typer.Exit(EXIT_INCOMPLETE)
 
 
 def handle_errors(fn: F) -> F:

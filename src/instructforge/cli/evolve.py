@@ -17,6 +17,7 @@ from instructforge.cli.common import (
     ExecutorOpt,
     LimitOpt,
     MaxConcurrencyOpt,
+    MaxRetriesOpt,
     ProgressOpt,
     ShardsOpt,
     SharedCacheOpt,
@@ -24,6 +25,7 @@ from instructforge.cli.common import (
     TimeoutOpt,
     app,
     console,
+    exit_if_incomplete,
     handle_errors,
     out,
     positive,
@@ -98,6 +100,7 @@ def evolve_cmd(
     api_key: ApiKeyOpt = None,
     max_concurrency: MaxConcurrencyOpt = None,
     timeout: TimeoutOpt = None,
+    max_retries: MaxRetriesOpt = None,
     rules: Annotated[
         str, typer.Option("--rules", help="Elimination rules: 'all' (the paper's four plus our "
                           "checks: " + ", ".join(el.EXTRA_RULES) + ") or 'paper' (exactly the "
@@ -148,7 +151,7 @@ def evolve_cmd(
             raise EvolError(str(e)) from None
 
         def model(spec: str) -> ModelConfig:
-            return ModelConfig(spec, base_url, None, max_concurrency, timeout)
+            return ModelConfig(spec, base_url, None, max_concurrency, timeout, max_retries)
 
         cfg = EvolConfig(
             evol_llm=model(evol_model),
@@ -190,6 +193,7 @@ def evolve_cmd(
     print_summary(write_summary(output))
     console.print(result.summary(), highlight=False)
     console.print(f"summary: {Path(output) / 'summary.json'}", highlight=False)
+    exit_if_incomplete(result)
 
 
 def _plan(input: str, n: int, cfg: EvolConfig, names: list[str]) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from instructforge.cli.common import (
     DryRunOpt,
     ExecutorOpt,
     MaxConcurrencyOpt,
+    MaxRetriesOpt,
     ModelOpt,
     ModelPathOpt,
     ProgressOpt,
@@ -24,6 +25,7 @@ from instructforge.cli.common import (
     TimeoutOpt,
     app,
     console,
+    exit_if_incomplete,
     handle_errors,
     out,
     positive,
@@ -98,6 +100,7 @@ def magpie_cmd(
     model_path: ModelPathOpt = None,
     max_concurrency: MaxConcurrencyOpt = None,
     timeout: TimeoutOpt = None,
+    max_retries: MaxRetriesOpt = None,
     template: Annotated[
         str | None,
         typer.Option("--template", help="Chat template: a family name ("
@@ -176,8 +179,9 @@ def magpie_cmd(
     """
     try:
         cfg = MagpieConfig(
-            llm=ModelConfig(model, base_url, model_path, max_concurrency, timeout),
-            response_llm=ModelConfig(response_model) if response_model else None,
+            llm=ModelConfig(model, base_url, model_path, max_concurrency, timeout, max_retries),
+            response_llm=(ModelConfig(response_model, timeout=timeout, max_retries=max_retries)
+                          if response_model else None),
             n=n,
             turns=turns,
             template=template,
@@ -212,6 +216,7 @@ def magpie_cmd(
     print_rejections(RunDir(output))
     print_samples(RunDir(output), show)
     console.print(result.summary(), highlight=False)
+    exit_if_incomplete(result)
 
 
 def print_rejections(run: RunDir) -> None:

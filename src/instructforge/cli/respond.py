@@ -16,6 +16,7 @@ from instructforge.cli.common import (
     ExecutorOpt,
     LimitOpt,
     MaxConcurrencyOpt,
+    MaxRetriesOpt,
     ModelOpt,
     ModelPathOpt,
     ProgressOpt,
@@ -25,6 +26,7 @@ from instructforge.cli.common import (
     TimeoutOpt,
     app,
     console,
+    exit_if_incomplete,
     handle_errors,
     positive,
     print_plan,
@@ -49,6 +51,7 @@ def respond_cmd(
     model_path: ModelPathOpt = None,
     max_concurrency: MaxConcurrencyOpt = None,
     timeout: TimeoutOpt = None,
+    max_retries: MaxRetriesOpt = None,
     column: ColumnOpt = "instruction",
     system_prompt: Annotated[
         str | None, typer.Option("--system-prompt", help="System message for every request.")
@@ -73,7 +76,7 @@ def respond_cmd(
     Example: [bold]instructforge respond examples/instructions.jsonl -o runs/answers[/bold]
     """
     cfg = RespondConfig(
-        llm=ModelConfig(model, base_url, model_path, max_concurrency, timeout),
+        llm=ModelConfig(model, base_url, model_path, max_concurrency, timeout, max_retries),
         temperature=temperature,
         top_p=top_p,
         max_tokens=max_tokens,
@@ -96,3 +99,4 @@ def respond_cmd(
     result = respond(input, output, cfg, api_key=api_key, progress=progress)
     print_usage(result.usage)
     console.print(result.summary(), highlight=False)
+    exit_if_incomplete(result)

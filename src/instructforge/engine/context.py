@@ -5,15 +5,17 @@ Every LLM call a method makes goes through :meth:`Context.chat` / :meth:`Context
     out = await ctx.chat(llm, [{"role": "user", "content": q}], params, step="respond")
 
 The call is looked up in the run's request cache (and the optional shared cache) first;
-identical calls in flight at the same time are made once; tokens, requests and errors are
-counted per (model, step) for ``usage.json``.
+identical calls in flight at the same time are made once; tokens, requests, retries (by
+cause) and errors are counted per (model, step) for ``usage.json``. Only answers are cached:
+a call that failed (after the backend's retries) is made again by the next run.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,9 +35,27 @@ class StepUsage:
     # it refused it (fallback) or the backend was told not to send it (off).
     unconstrained: int = 0
     seconds: float = 0.0
+    # Attempts the backend made again (429/5xx, timeouts, dropped connections, unusable
+    # answers), and by cause: {"HTTP 503": 4, "timeout": 2, "malformed": 1, ...}.
+    retries: int = 0
+    retry_causes: dict[str, int] = field(default_factory=dict)
+
+    def count_retries(self, causes: Mapping[str, int]) -> None:
+        for cause, n in causes.items():
+            self.retries += n
+            self.retry_causes[cause] = self.retry_causes.get(cause, 0) + n
+
+    def add(self, counts: Mapping[str, Any]) -> None:
+        """Add another ``as_dict()`` to this one (unknown keys are ignored)."""
+        for k, v in counts.items():
+            if k == "retry_causes":
+                self.retry_causes = dict(Counter(self.retry_causes) + Counter(v))
+            elif k in self.__dataclass_fields__:
+                setattr(self, k, getattr(self, k) + v)
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: round(v, 3) if isinstance(v, float) else v for k, v in self.__dict__.items()}
+        return {k: round(v, 3) if isinstance(v, float) else dict(sorted(v.items()))
+                if isinstance(v, dict) else v for k, v in self.__dict__.items()}
 
 
 @dataclass
@@ -52,6 +72,23 @@ class Usage:
     @property
     def errors(self) -> int:
         return sum(s.errors for s in self.steps.values())
+
+    def retries(self) -> str:
+        """Retries so far and their causes, most frequent first: ``"7 (timeout 4, HTTP 503
+        3)"``, or ``"0"``."""
+        causes: Counter[str] = Counter()
+        for s in self.steps.values():
+            causes.update(s.retry_causes)
+        if not causes:
+            return "0"
+        detail = ", ".join(f"{c} {n}" for c, n in causes.most_common())
+        return f"{sum(causes.values())} ({detail})"
+
+    def add(self, by_model_step: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> None:
+        """Add counts in the shape of :meth:`as_dict` (another run's, another shard's)."""
+        for model, steps in by_model_step.items():
+            for step, counts in steps.items():
+                self.steps[(model, step)].add(counts)
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, dict[str, Any]] = {}
@@ -101,6 +138,9 @@ class Context:
                 out = await llm.complete(prompt, params)
         except LLMError as e:
             u.errors += 1
+            u.count_retries(e.retries)
+            e.step = e.step or step
+            e.model = e.model or llm.model_id
             fut.set_exception(e)
             fut.exception()  # mark retrieved: waiters re-raise it themselves
             raise
@@ -109,6 +149,7 @@ class Context:
             self._pending.pop(key, None)
             u.seconds += time.perf_counter() - t0
         u.requests += 1
+        u.count_retries(out.retries)
         u.prompt_tokens += out.prompt_tokens
         u.completion_tokens += out.completion_tokens
         u.truncated += out.finish_reason == "length"

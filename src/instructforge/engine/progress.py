@@ -1,4 +1,5 @@
-"""Live progress: records done/total, tokens/s, requests in flight, errors, ETA.
+"""Live progress: records done/total, tokens/s, requests in flight, retries by cause, failed
+calls, ETA.
 
 On a terminal it is a rich progress bar; elsewhere (CI, pipes) one line every few seconds.
 """
@@ -38,6 +39,7 @@ class JobProgress:
                 MofNCompleteColumn(),
                 TextColumn("{task.fields[tps]:>7.1f} tok/s"),
                 TextColumn("in flight {task.fields[inflight]:>3}"),
+                TextColumn("retries {task.fields[retries]}"),
                 TextColumn("errors {task.fields[errors]}"),
                 TimeElapsedColumn(),
                 TextColumn("ETA"),
@@ -45,7 +47,8 @@ class JobProgress:
                 console=self.console,
                 refresh_per_second=4,
             )
-            self._task = self._progress.add_task(name, total=total, tps=0.0, inflight=0, errors=0)
+            self._task = self._progress.add_task(name, total=total, tps=0.0, inflight=0,
+                                                 retries="0", errors=0)
         self.name = name
 
     def __enter__(self) -> JobProgress:
@@ -69,12 +72,14 @@ class JobProgress:
             now = time.perf_counter()
             if now - self._last_line >= 10:
                 self._last_line = now
-                total = f"/{self.total}" if self.total else ""
-                self.console.print(
-                    f"{self.name}: {self.done}{total} records, {self.tokens_per_second():.1f} tok/s,"
-                    f" in flight {self.usage.in_flight}, errors {self.usage.errors}",
-                    highlight=False,
-                )
+                self.console.print(self.line(), highlight=False, markup=False)
+
+    def line(self) -> str:
+        """The plain progress line (printed every 10 s when not on a terminal)."""
+        total = f"/{self.total}" if self.total else ""
+        return (f"{self.name}: {self.done}{total} records, {self.tokens_per_second():.1f} tok/s,"
+                f" in flight {self.usage.in_flight}, retries {self.usage.retries()},"
+                f" errors {self.usage.errors}")
 
     def _refresh(self) -> None:
         assert self._progress is not None
@@ -83,5 +88,6 @@ class JobProgress:
             completed=self.done,
             tps=self.tokens_per_second(),
             inflight=self.usage.in_flight,
+            retries=self.usage.retries(),
             errors=self.usage.errors,
         )

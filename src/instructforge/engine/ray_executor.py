@@ -298,7 +298,7 @@ def _run_sharded(
                 for k in COUNTERS:
                     setattr(result, k, getattr(result, k) + out[k])
                 result.errors.extend(out["errors"][: max(0, 20 - len(result.errors))])
-                _add_usage(usage, out["usage"])
+                usage.add(out["usage"])
                 if not out["finished"]:
                     result.shards_failed[i] = f"{out['failed']} inputs failed"
 
@@ -403,14 +403,6 @@ def union(run: RunDir, shards: int,
     return kept, rejected_n + dropped, dropped
 
 
-def _add_usage(usage: Usage, by_model_step: dict[str, dict[str, dict[str, float]]]) -> None:
-    for model, steps in by_model_step.items():
-        for step, u in steps.items():
-            agg = usage.steps[(model, step)]
-            for k, v in u.items():
-                setattr(agg, k, getattr(agg, k) + v)
-
-
 def _save_usage(run: RunDir, name: str, usage: Usage, result: ShardedResult) -> None:
     """usage.json as the local executor writes it: this invocation under ``runs[-1]``, and
     ``total`` summed over every shard's own usage.json (all invocations)."""
@@ -434,7 +426,7 @@ def _save_usage(run: RunDir, name: str, usage: Usage, result: ShardedResult) -> 
     for i in range(result.shards):
         path = shard_dir(run, i).usage
         if path.exists():
-            _add_usage(total, json.loads(path.read_text()).get("total", {}))
+            total.add(json.loads(path.read_text()).get("total", {}))
     data = {"job": name, "executor": "sharded", "shards": result.shards,
             "total": total.as_dict(), "runs": runs}
     result.usage = data

@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from instructforge.engine.cache import RequestCache
-from instructforge.engine.context import Context
+from instructforge.engine.context import Context, Usage
 from instructforge.engine.progress import JobProgress
 from instructforge.engine.store import RunDir, RunDirError, Store, iter_jsonl
 from instructforge.llm.base import LLM, LLMError
@@ -101,8 +101,11 @@ async def arun_job(
     ``concurrency`` bounds the records in flight (each backend bounds its own requests);
     ``llms`` are checked before the first record and closed at the end. Input records with
     ``status == "rejected"`` (invalid rows kept by ``--skip-invalid``) go straight to
-    ``rejected.jsonl``. Raises :class:`JobAborted` after ``max_consecutive_failures`` inputs
-    in a row fail with an :class:`LLMError`; everything finished is kept.
+    ``rejected.jsonl``. An input whose ``process`` raises :class:`LLMError` (a call failed
+    after the backend's retries) is counted in ``failed``, written to ``rejected.jsonl``
+    with the reason (rule ``call_failed``) and not marked done: a rerun retries it. Raises
+    :class:`JobAborted` after ``max_consecutive_failures`` inputs in a row fail; everything
+    finished is kept.
 
     The job holds the run directory's lock (:class:`RunLocked` if another process has it)
     and refuses a run made with options that change records (:class:`OptionsChanged`).
@@ -148,6 +151,7 @@ async def _run_locked(
         except LLMError as e:
             result.failed += 1
             consecutive += 1
+            store.fail(rec, str(e), {"step": e.step, "model": e.model, "retries": e.retries})
             if len(result.errors) < 20:
                 result.errors.append(f"{rec['id']}: {e}")
             if consecutive >= max_consecutive_failures and not abort:
@@ -241,14 +245,10 @@ def _save_usage(run: RunDir, name: str, ctx: Context, result: JobResult) -> None
     }
     runs = [r for r in data.get("runs", []) if r.get("started") != this["started"]]
     runs.append(this)
-    total: dict[str, dict[str, dict[str, float]]] = {}
+    total = Usage()
     for r in runs:
-        for model, steps in r["by_model_step"].items():
-            for step, u in steps.items():
-                agg = total.setdefault(model, {}).setdefault(step, {})
-                for k, v in u.items():
-                    agg[k] = round(agg.get(k, 0) + v, 3)
-    data = {"job": name, "total": total, "runs": runs}
+        total.add(r["by_model_step"])
+    data = {"job": name, "total": total.as_dict(), "runs": runs}
     result.usage = data
     tmp = run.usage.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(data, indent=2))

@@ -17,6 +17,11 @@ rerun skips done inputs and never writes a record id twice, so a ``kill -9`` at 
 loses nothing finished and duplicates nothing. One process at a time writes a run directory
 (:meth:`RunDir.lock`), and a rerun must use the options the run was made with
 (:meth:`RunDir.reopen`).
+
+An input whose LLM calls failed (after the backend's retries) is not done: it goes to
+``rejected.jsonl`` as a copy of the input with ``rejection.rule == "call_failed"`` and the
+reason, and the next run on the directory takes these records out again and retries their
+inputs.
 """
 
 from __future__ import annotations
@@ -32,14 +37,14 @@ from typing import IO, Any
 import yaml
 
 from instructforge.llm.urls import redact_urls
-from instructforge.records import IdIndex, Record, id_problem
+from instructforge.records import IdIndex, Record, id_problem, rejected
 
 # Options that change how a job runs but not what its records hold: a rerun may change them
 # (``--limit`` and magpie's ``n`` extend a run; the rest are speed, retries and where things
 # are). Matched on the last part of a dotted key (``evol_llm.max_concurrency``).
 RUN_OPTIONS = frozenset({
     "concurrency", "max_concurrency", "timeout", "limit", "n", "shared_cache", "skip_invalid",
-    "executor", "shards", "base_url", "progress",
+    "executor", "shards", "base_url", "progress", "max_retries", "connect_timeout",
 })
 
 
@@ -126,6 +131,16 @@ def unfinished_problem(path: str | os.PathLike[str]) -> str | None:
     if run is not None and (pid := RunDir(run).holder()) is not None:
         return f"{run} is still being written by a job (pid {pid}); wait for it to finish"
     return None
+
+
+# The rejection of an input whose calls failed for good in this run (a rerun retries it).
+CALL_FAILED = "call_failed"
+
+
+def is_call_failure(rec: Record) -> bool:
+    """Whether ``rec`` (from ``rejected.jsonl``) is an input whose LLM calls failed."""
+    rejection = rec.get("rejection") or {}
+    return rejection.get("stage") == "call" and rejection.get("rule") == CALL_FAILED
 
 
 def _repair_tail(path: Path) -> None:
@@ -290,14 +305,33 @@ class Store:
         # Ids already on disk: a rerun must not write them again (an input that was cut
         # between its records and its done marker is processed again).
         self._written = IdIndex()
-        for p in (run.records, run.rejected):
-            self._written.update(rec["id"] for rec in iter_jsonl(p))
+        self._written.update(rec["id"] for rec in iter_jsonl(run.records))
+        self._forget_call_failures()
         # Ids written by this process, with the input that wrote each: a second input
         # writing one is a clash that would lose or double a record, never a resume.
         self._writer = IdIndex()
         self._kept: IO[str] = open(run.records, "a", encoding="utf-8")
         self._rej: IO[str] = open(run.rejected, "a", encoding="utf-8")
         self._done: IO[str] = open(run.done, "a", encoding="utf-8")
+
+    def _forget_call_failures(self) -> None:
+        """Learn the ids in ``rejected.jsonl`` except those of failed inputs, whose records
+        are taken out of the file (this run retries them)."""
+        path = self.run.rejected
+        failures = 0
+        for rec in iter_jsonl(path):
+            if is_call_failure(rec):
+                failures += 1
+            else:
+                self._written.add(rec["id"])
+        if not failures:
+            return
+        tmp = path.with_suffix(".jsonl.tmp")
+        with open(path, encoding="utf-8") as src, open(tmp, "w", encoding="utf-8") as dst:
+            for line in src:
+                if line.strip() and not is_call_failure(json.loads(line)):
+                    dst.write(line)
+        tmp.replace(path)
 
     def is_done(self, input_id: str) -> bool:
         return input_id in self.done
@@ -335,6 +369,15 @@ class Store:
         self._done.write(input_id + "\n")
         self._done.flush()
         return kept, rej
+
+    def fail(self, rec: Record, reason: str, evidence: dict[str, Any]) -> None:
+        """Record an input whose calls failed: in ``rejected.jsonl`` with the reason, and not
+        done, so the next run retries it."""
+        if rec["id"] in self._written:  # its outputs are on disk from an earlier run
+            return
+        out = rejected(rec, stage="call", rule=CALL_FAILED, reason=reason, evidence=evidence)
+        self._rej.write(json.dumps(out, ensure_ascii=False) + "\n")
+        self._rej.flush()
 
     def reject_input(self, rec: Record) -> None:
         """Record an invalid input row (not an input to resume)."""

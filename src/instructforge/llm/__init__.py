@@ -55,6 +55,7 @@ def make_llm(
     model_path: str | None = None,
     max_concurrency: int | None = None,
     timeout: float | None = None,
+    max_retries: int | None = None,
     settings: ServerSettings | None = None,
 ) -> LLM:
     """Build a backend from a spec string and/or explicit server options.
@@ -67,6 +68,8 @@ def make_llm(
         kw["max_concurrency"] = max_concurrency
     if timeout:
         kw["timeout"] = timeout
+    if max_retries is not None:
+        kw["max_retries"] = max_retries
     key = api_key or os.environ.get("OPENAI_API_KEY")
     spec = (spec or "embedded").strip()
     if base_url:

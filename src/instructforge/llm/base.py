@@ -88,6 +88,9 @@ class Completion:
     ``extra["constraint"]``, on constrained calls only: ``"native"`` (the server enforced it),
     ``"fallback"`` (the server refused it, so the call went without) or ``"off"`` (the backend
     was told not to send constraints). It is kept in the cache, so a replay says the same.
+    ``retries`` counts the attempts the backend made again before this answer, by cause
+    (``"HTTP 503"``, ``"timeout"``, ``"connection"``, ``"malformed"``, ``"empty"``); it is
+    not cached (a replay retried nothing).
     """
 
     text: str
@@ -97,6 +100,7 @@ class Completion:
     model: str = ""
     cached: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    retries: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -124,7 +128,18 @@ class Completion:
 
 
 class LLMError(RuntimeError):
-    """A request failed for good (after retries), with a message a user can act on."""
+    """A request failed for good (after retries), with a message a user can act on.
+
+    ``retries`` counts the attempts made again before giving up, by cause (as
+    :attr:`Completion.retries`); ``step`` and ``model`` say which call failed (the engine
+    fills them in).
+    """
+
+    def __init__(self, message: str = "", *, retries: dict[str, int] | None = None) -> None:
+        super().__init__(message)
+        self.retries: dict[str, int] = dict(retries or {})
+        self.step: str | None = None
+        self.model: str | None = None
 
 
 class RawCompletionUnsupported(LLMError):

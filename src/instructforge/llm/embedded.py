@@ -26,7 +26,7 @@ from pathlib import Path
 
 from instructforge.llm import local_models
 from instructforge.llm.base import LLMError
-from instructforge.llm.openai import OpenAICompatible
+from instructforge.llm.openai import DEFAULT_MAX_RETRIES, OpenAICompatible
 
 DEFAULT_PACKAGE = local_models.SMOLLM2.packages[0]
 DEFAULT_FILE = local_models.SMOLLM2.filename
@@ -119,6 +119,7 @@ def embedded_llm(
     settings: ServerSettings | None = None,
     max_concurrency: int | None = None,
     timeout: float = 600.0,
+    max_retries: int = DEFAULT_MAX_RETRIES,
     alias: str | None = None,
 ) -> OpenAICompatible:
     """An LLM on a GGUF model served locally (one shared server per file in this process).
@@ -141,6 +142,7 @@ def embedded_llm(
         model=alias,
         max_concurrency=max_concurrency or settings.parallel + 4,
         timeout=timeout,
+        max_retries=max_retries,
         # Cache identity: the file, not the port it happens to be served on.
         model_id=f"gguf:{path.name}:{path.stat().st_size}",
     )

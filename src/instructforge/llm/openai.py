@@ -1,7 +1,10 @@
 """Backend for any OpenAI-compatible server (vLLM, llama.cpp, SGLang, Ollama, hosted APIs).
 
 Bounded concurrency, retries with exponential backoff and full jitter on 429/5xx/timeouts/
-dropped connections, a per-request timeout, and errors that say what to do::
+dropped connections and on 200 answers that hold no usable completion (a body that is not a
+JSON object, no ``choices``, ``content: null``, an empty answer the model did not stop on),
+per-attempt timeouts (10 s to connect, ``timeout`` for the answer), and errors that say what
+to do::
 
     llm = OpenAICompatible("http://127.0.0.1:8080/v1", model="my-model", max_concurrency=16)
     out = await llm.complete("<|im_start|>user\\n", SamplingParams(stop=("<|im_end|>",)))
@@ -21,6 +24,8 @@ import asyncio
 import logging
 import os
 import random
+from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -43,6 +48,15 @@ STRUCTURED = ("auto", "llamacpp", "vllm", "openai", "off")
 # vLLM took ``structured_outputs`` in 0.11 and dropped ``guided_*`` in 0.12 (ignoring them
 # silently from then on), so the version picks the field.
 VLLM_STRUCTURED_OUTPUTS = (0, 11)
+# Per attempt, never for the whole call. A server that does not accept a connection in
+# CONNECT_TIMEOUT seconds is down or drowning. A non-streaming answer arrives whole, so its
+# first byte comes when the model has finished: ``timeout`` must allow the longest answer
+# (120 s: 512 tokens at 5 tokens/s). Metadata endpoints (``/models``, ``/props``) answer at
+# once, so a hung server fails the preflight within (retries + 1) * META_TIMEOUT seconds.
+CONNECT_TIMEOUT = 10.0
+DEFAULT_TIMEOUT = 120.0
+DEFAULT_MAX_RETRIES = 5
+META_TIMEOUT = 30.0
 
 log = logging.getLogger("instructforge")
 
@@ -54,6 +68,65 @@ class _Refused(LLMError):
         super().__init__(f"HTTP {status}: {text[:300]}")
         self.status = status
         self.text = text
+
+
+class _Unusable(Exception):
+    """A 200 answer without a usable completion: retried like a server error, never cached.
+    ``cause`` is ``"malformed"`` (not the shape of a completion) or ``"empty"`` (no answer)."""
+
+    def __init__(self, cause: str, reason: str) -> None:
+        super().__init__(reason)
+        self.cause = cause
+
+
+def _kind(value: Any) -> str:
+    return {list: "a JSON list", str: "a JSON string", type(None): "JSON null",
+            bool: "a JSON boolean", int: "a JSON number", float: "a JSON number"}.get(
+        type(value), type(value).__name__)
+
+
+def first_choice(data: Any, field: str) -> tuple[dict[str, Any], str]:
+    """The first choice of a completion body and its text (``field``: ``"message"`` for chat,
+    ``"text"`` for raw completion), or :class:`_Unusable` saying what is wrong.
+
+    An empty text counts as an answer only when the server says the model stopped
+    (``finish_reason`` "stop" or "length"); ``content: null`` never does.
+
+    >>> first_choice({"choices": [{"text": "hi", "finish_reason": "stop"}]}, "text")[1]
+    'hi'
+    """
+    if not isinstance(data, dict):
+        raise _Unusable("malformed", f"the body is {_kind(data)}, not a completion object")
+    choices = data.get("choices")
+    if choices == []:
+        raise _Unusable("empty", "the answer has no choices (`choices: []`)")
+    if not isinstance(choices, list) or not isinstance(choices[0], dict):
+        raise _Unusable("malformed", "the answer has no `choices` list of objects")
+    choice = choices[0]
+    finish = choice.get("finish_reason")
+    if field == "message":
+        message = choice.get("message")
+        if not isinstance(message, dict):
+            raise _Unusable("malformed", "choices[0] has no `message` object")
+        text, where = message.get("content"), "choices[0].message.content"
+        refusal = message.get("refusal")
+    else:
+        text, where, refusal = choice.get("text"), "choices[0].text", None
+    if text is None:
+        why = f"; refusal: {str(refusal)[:200]}" if refusal else ""
+        raise _Unusable("empty", f"{where} is null (finish_reason {finish!r}{why})")
+    if not isinstance(text, str):
+        raise _Unusable("malformed", f"{where} is {_kind(text)}, not text")
+    if not text and finish not in ("stop", "length"):
+        raise _Unusable("empty", f"{where} is empty and finish_reason is {finish!r}")
+    return choice, text
+
+
+def _tokens(value: Any) -> int:
+    try:
+        return max(0, int(value or 0))
+    except (TypeError, ValueError):
+        return 0
 
 
 def _version(text: str) -> tuple[int, ...]:
@@ -110,6 +183,10 @@ class OpenAICompatible(LLM):
     The API key is held in memory only and never reported by :meth:`describe`; so are
     credentials in the URL (``user:password@``, ``?api_key=``): ``base_url`` and ``model_id``
     are the URL without them (:func:`~instructforge.llm.urls.redact_urls`).
+    Each attempt may take ``connect_timeout`` seconds to connect and ``timeout`` seconds in
+    all; a call makes at most ``max_retries + 1`` attempts, and a request slot (of
+    ``max_concurrency``) is held only while an attempt is on the wire, never while it waits
+    to retry.
     ``structured`` picks how constraints are sent: ``"auto"`` (find out from the server),
     ``"llamacpp"``, ``"vllm"``, ``"openai"`` (``response_format``), or ``"off"`` (never sent;
     the answer is read from free text).
@@ -122,8 +199,9 @@ class OpenAICompatible(LLM):
         api_key: str | None = None,
         *,
         max_concurrency: int = 16,
-        timeout: float = 300.0,
-        max_retries: int = 6,
+        timeout: float = DEFAULT_TIMEOUT,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        connect_timeout: float = CONNECT_TIMEOUT,
         backoff_base: float = 0.5,
         backoff_max: float = 30.0,
         model_id: str | None = None,
@@ -131,6 +209,11 @@ class OpenAICompatible(LLM):
     ) -> None:
         if structured not in STRUCTURED:
             raise LLMError(f"structured={structured!r}: use one of {', '.join(STRUCTURED)}")
+        if max_retries < 0:
+            raise LLMError(f"max_retries (--max-retries) must be >= 0, got {max_retries}")
+        for name, value in (("timeout", timeout), ("connect_timeout", connect_timeout)):
+            if not value > 0:
+                raise LLMError(f"{name} must be a positive number of seconds, got {value}")
         # The real URL, credentials included, serves requests only; base_url is what is shown.
         base, q, query = base_url.partition("?")
         self._base, self._query = base.rstrip("/"), q + query
@@ -140,6 +223,7 @@ class OpenAICompatible(LLM):
         self.max_concurrency = max_concurrency
         self.timeout = timeout
         self.max_retries = max_retries
+        self.connect_timeout = connect_timeout
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
         self.model_id = model_id or f"openai:{model}@{self.base_url}"
@@ -163,7 +247,8 @@ class OpenAICompatible(LLM):
             self._client = aiohttp.ClientSession(
                 headers=headers,
                 connector=aiohttp.TCPConnector(limit=self.max_concurrency + 4),
-                timeout=aiohttp.ClientTimeout(total=self.timeout, connect=10.0),
+                timeout=aiohttp.ClientTimeout(total=self.timeout,
+                                              sock_connect=self.connect_timeout),
             )
             self._sem = asyncio.Semaphore(self.max_concurrency)
             self._resolve_lock = asyncio.Lock()
@@ -183,39 +268,76 @@ class OpenAICompatible(LLM):
 
     async def _request(
         self, method: str, path: str, payload: dict[str, Any] | None = None, *,
+        parse: Callable[[Any], Any] | None = None,
         refusable: bool = False,
+        tally: Counter[str] | None = None,
+        timeout: float | None = None,
     ) -> Any:
+        """``method path`` with retries; the JSON answer, through ``parse`` when given
+        (``parse`` raises :class:`_Unusable` for an answer to retry). ``tally`` counts the
+        retries by cause."""
         client, sem = self._ensure_client()
         url = f"{self._base}{path}{self._query}"
         shown = f"{self.base_url}{path}"
-        last = ""
-        async with sem:
-            for attempt in range(self.max_retries + 1):
-                retry_after = None
+        tally = Counter() if tally is None else tally
+        # Always explicit: aiohttp reads ``timeout=None`` as "no timeout at all".
+        per_attempt = aiohttp.ClientTimeout(total=timeout or self.timeout,
+                                            sock_connect=self.connect_timeout)
+        last = cause = ""
+        for attempt in range(self.max_retries + 1):
+            retry_after = None
+            # The slot is held for this attempt only: a request waiting to retry leaves it
+            # to others, so hung or failing requests cannot hold every slot.
+            async with sem:
                 try:
-                    async with client.request(method, url, json=payload) as r:
+                    async with client.request(method, url, json=payload,
+                                              timeout=per_attempt) as r:
                         if r.status < 400:
                             try:
-                                return await r.json(content_type=None)
+                                data = await r.json(content_type=None)
                             except ValueError:
-                                last = f"invalid JSON from {shown}"
+                                cause, last = "malformed", f"the answer from {shown} is not JSON"
+                            else:
+                                try:
+                                    return parse(data) if parse is not None else data
+                                except _Unusable as e:
+                                    cause, last = e.cause, f"unusable answer from {shown}: {e}"
                         elif r.status in RETRY_STATUS:
+                            cause = f"HTTP {r.status}"
                             last = f"HTTP {r.status} from {shown}: {(await r.text())[:200]}"
                             retry_after = r.headers.get("retry-after")
                         elif refusable and r.status in REFUSED_STATUS:
                             raise _Refused(r.status, await r.text())
                         else:
-                            raise self._client_error(r.status, await r.text(), path)
+                            err = self._client_error(r.status, await r.text(), path)
+                            err.retries = dict(tally)
+                            raise err
+                except TimeoutError as e:
+                    cause = "timeout"
+                    last = (f"no connection to {self.base_url} within "
+                            f"{self.connect_timeout:g} s"
+                            if isinstance(e, aiohttp.ConnectionTimeoutError) else
+                            f"no answer from {shown} within {timeout or self.timeout:g} s")
                 except aiohttp.ClientConnectorError as e:
+                    cause = "connection"
                     last = f"cannot connect to {self.base_url} ({e.__class__.__name__}: {e})"
-                except (TimeoutError, aiohttp.ClientError) as e:
+                except aiohttp.ClientError as e:
+                    cause = "connection"
                     last = f"{e.__class__.__name__} talking to {shown}: {e or 'no detail'}"
-                if attempt < self.max_retries:
-                    await asyncio.sleep(self._delay(attempt, retry_after))
-        raise LLMError(redact_urls(
-            f"request to {shown} failed after {self.max_retries + 1} attempts: {last}. "
-            "Is the server running and reachable? (check --base-url / OPENAI_BASE_URL)"
-        ))
+            if attempt < self.max_retries:
+                tally[cause] += 1
+                await asyncio.sleep(self._delay(attempt, retry_after))
+        hint = {
+            "connection": " Is the server running and reachable? (check --base-url / "
+                          "OPENAI_BASE_URL)",
+            "timeout": " Is the server overloaded or hung? Raise --timeout if answers this "
+                       "long are expected.",
+        }.get(cause, "")
+        raise LLMError(
+            redact_urls(f"request to {shown} failed after {self.max_retries + 1} attempts: "
+                        f"{last}.{hint}"),
+            retries=dict(tally),
+        )
 
     def _client_error(self, status: int, text: str, path: str) -> LLMError:
         body = redact_urls(text[:300])
@@ -240,8 +362,8 @@ class OpenAICompatible(LLM):
     # -- API --------------------------------------------------------------------------------
     async def list_models(self) -> list[str]:
         """Model names the server offers (``GET /v1/models``)."""
-        data = await self._request("GET", "/models")
-        return [m.get("id") or m.get("name", "") for m in data.get("data") or data.get("models") or []]
+        return await self._request("GET", "/models", parse=_model_list,
+                                   timeout=min(self.timeout, META_TIMEOUT))
 
     async def resolve_model(self) -> str:
         """Check the server is reachable and the model exists; pick the only model if unset."""
@@ -285,39 +407,44 @@ class OpenAICompatible(LLM):
             await self.resolve_model()
         payload = self._payload(params)
         payload["messages"] = messages
-        data, constraint = await self._post("/chat/completions", payload, params)
-        choice = (data.get("choices") or [{}])[0]
-        text = (choice.get("message") or {}).get("content") or ""
-        return self._completion(data, choice, text, constraint)
+        return await self._post("/chat/completions", payload, params, "message")
 
     async def complete(self, text: str, params: SamplingParams) -> Completion:
         if self.model is None:
             await self.resolve_model()
         payload = self._payload(params)
         payload["prompt"] = text
-        data, constraint = await self._post("/completions", payload, params)
-        choice = (data.get("choices") or [{}])[0]
-        return self._completion(data, choice, choice.get("text") or "", constraint)
+        return await self._post("/completions", payload, params, "text")
 
     async def _post(
-        self, path: str, payload: dict[str, Any], params: SamplingParams
-    ) -> tuple[Any, str | None]:
-        """POST ``payload`` with ``params``' constraint, if any; say how it was honoured:
-        None (unconstrained call), "native", "fallback" (refused, so sent without) or "off"."""
+        self, path: str, payload: dict[str, Any], params: SamplingParams, field: str
+    ) -> Completion:
+        """POST ``payload`` with ``params``' constraint, if any, and read the completion.
+        ``extra["constraint"]`` says how the constraint was honoured: absent (unconstrained
+        call), "native", "fallback" (refused, so sent without) or "off"."""
+        tally: Counter[str] = Counter()
+
+        def parse(data: Any) -> tuple[dict[str, Any], dict[str, Any], str]:
+            return (data, *first_choice(data, field))
+
+        async def send(body: dict[str, Any], refusable: bool = False) -> Any:
+            return await self._request("POST", path, body, parse=parse, refusable=refusable,
+                                       tally=tally)
+
         if not params.constrained:
-            return await self._request("POST", path, payload), None
+            return self._completion(await send(payload), None, tally)
         if self.structured == "off":
-            return await self._request("POST", path, payload), "off"
+            return self._completion(await send(payload), "off", tally)
         if path in self._unconstrained:
-            return await self._request("POST", path, payload), "fallback"
+            return self._completion(await send(payload), "fallback", tally)
         flavour = await self.server_flavour()
         fields = constraint_fields(flavour, params, self._server_version)
         try:
-            return await self._request("POST", path, {**payload, **fields}, refusable=True), "native"
+            return self._completion(await send({**payload, **fields}, True), "native", tally)
         except _Refused as refused:
             # Without the constraint: if this fails too, the constraint was not the problem
             # and the error (a clear one) goes to the caller.
-            data = await self._request("POST", path, payload)
+            answer = await send(payload)
             if path not in self._unconstrained:
                 self._unconstrained.add(path)
                 log.warning(
@@ -327,7 +454,7 @@ class OpenAICompatible(LLM):
                     self.base_url, path, "choices" if params.choices else "json_schema",
                     ", ".join(fields), refused.status, refused.text[:200].strip(),
                 )
-            return data, "fallback"
+            return self._completion(answer, "fallback", tally)
 
     async def server_flavour(self) -> str:
         """How this server takes constraints: "llamacpp", "vllm" or "openai" (or "off").
@@ -365,8 +492,8 @@ class OpenAICompatible(LLM):
         client, _ = self._ensure_client()
         try:
             async with client.get(f"{self._root()}{path}{self._query}",
-                                  timeout=aiohttp.ClientTimeout(total=min(self.timeout, 60.0))
-                                  ) as r:
+                                  timeout=aiohttp.ClientTimeout(
+                                      total=min(self.timeout, META_TIMEOUT))) as r:
                 if r.status != 200:
                     return True, {}
                 try:
@@ -378,28 +505,35 @@ class OpenAICompatible(LLM):
         return True, data if isinstance(data, dict) else {}
 
     def _completion(
-        self, data: dict[str, Any], choice: dict[str, Any], text: str, constraint: str | None
+        self, answer: tuple[dict[str, Any], dict[str, Any], str], constraint: str | None,
+        tally: Counter[str],
     ) -> Completion:
-        usage = data.get("usage") or {}
+        data, choice, text = answer
+        usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
         return Completion(
             text=text,
-            finish_reason=choice.get("finish_reason") or "stop",
-            prompt_tokens=int(usage.get("prompt_tokens") or 0),
-            completion_tokens=int(usage.get("completion_tokens") or 0),
+            finish_reason=str(choice.get("finish_reason") or "stop"),
+            prompt_tokens=_tokens(usage.get("prompt_tokens")),
+            completion_tokens=_tokens(usage.get("completion_tokens")),
             model=self.model or "",
             extra={"constraint": constraint} if constraint else {},
+            retries=dict(tally),
         )
 
     async def chat_template(self) -> str | None:
         """llama.cpp's ``/props`` exposes the model's Jinja chat template; others return None."""
         client, _ = self._ensure_client()
         try:
-            async with client.get(f"{self._root()}/props{self._query}") as r:
+            async with client.get(f"{self._root()}/props{self._query}",
+                                  timeout=aiohttp.ClientTimeout(
+                                      total=min(self.timeout, META_TIMEOUT))) as r:
                 if r.status != 200:
                     return None
-                return (await r.json(content_type=None)).get("chat_template")
-        except (aiohttp.ClientError, ValueError):
+                data = await r.json(content_type=None)
+        except (TimeoutError, aiohttp.ClientError, ValueError):
             return None
+        template = data.get("chat_template") if isinstance(data, dict) else None
+        return template if isinstance(template, str) else None
 
     async def aclose(self) -> None:
         if self._client is not None and self._loop is asyncio.get_running_loop():
@@ -411,6 +545,17 @@ class OpenAICompatible(LLM):
         if self.structured != "auto":
             d["structured"] = self.structured
         return d
+
+
+def _model_list(data: Any) -> list[str]:
+    """The model names of a ``GET /v1/models`` answer (OpenAI's ``data``, Ollama's
+    ``models``)."""
+    if not isinstance(data, dict):
+        raise _Unusable("malformed", f"the model list is {_kind(data)}, not an object")
+    models = data.get("data") or data.get("models") or []
+    if not isinstance(models, list):
+        raise _Unusable("malformed", "the model list has no `data` list")
+    return [str(m.get("id") or m.get("name", "")) for m in models if isinstance(m, dict)]
 
 
 def from_env(model: str | None = None, **kw: Any) -> OpenAICompatible:

@@ -28,7 +28,7 @@ from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, TemplateNotFound
 
-from instructforge.engine import Context, JobResult, RunDir, run_job
+from instructforge.engine import Context, JobResult, RequestCache, RunDir, run_job
 from instructforge.llm import LLM, LLMError, RawCompletionUnsupported, SamplingParams
 from instructforge.llm.templates import ChatTemplate, TemplateError, resolve_template
 from instructforge.methods.filters import FilterConfig, Rejection, TextFilters
@@ -281,19 +281,22 @@ class Magpie:
         return await ctx.complete(self.llm, prompt, params, step="response")
 
 
-async def prepare(cfg: MagpieConfig, llm: LLM) -> ChatTemplate:
+async def prepare(cfg: MagpieConfig, llm: LLM, ctx: Context | None = None) -> ChatTemplate:
     """Check ``llm`` can do raw completion and find its chat template (before any record).
 
-    Raises :class:`MagpieError` with the reason and the alternative when the backend is
-    chat-only (it says so, or its server rejects ``/v1/completions``).
+    The check is a one-token completion made through ``ctx`` (the run's request cache), so
+    a rerun finds it there and sends nothing. Raises :class:`MagpieError` with the reason
+    and the alternative when the backend is chat-only (it says so, or its server rejects
+    ``/v1/completions``).
     """
     if not llm.supports_completion:
         raise MagpieError(chat_only_message(llm))
+    ctx = ctx or Context(None)
     try:
         template = await resolve_template(cfg.template, llm)
         # One token proves the endpoint exists before hundreds of records fail on it.
-        await llm.complete(template.pre_query_template(bos=cfg.add_bos),
-                           SamplingParams(temperature=0.0, max_tokens=1, seed=0))
+        await ctx.complete(llm, template.pre_query_template(bos=cfg.add_bos),
+                           SamplingParams(temperature=0.0, max_tokens=1, seed=0), step="probe")
     except TemplateError as e:
         raise MagpieError(str(e)) from e
     except RawCompletionUnsupported as e:
@@ -349,7 +352,15 @@ def magpie_job(
     llm = llm or cfg.llm.build(api_key)
     if response_llm is None and cfg.response_llm is not None:
         response_llm = cfg.response_llm.build(api_key)
-    job = Magpie(cfg, llm, asyncio.run(prepare(cfg, llm)), response_llm)
+    cache = RequestCache(run.cache)
+    shared = RequestCache(Path(cfg.shared_cache)) if cfg.shared_cache else None
+    try:
+        template = asyncio.run(prepare(cfg, llm, Context(cache, shared)))
+    finally:
+        cache.close()
+        if shared is not None:
+            shared.close()
+    job = Magpie(cfg, llm, template, response_llm)
     job.rebuild_dedup_index(run)
     return job, [m for m in (llm, response_llm) if m is not None]
 

@@ -28,6 +28,7 @@ class ModelConfig:
     model_path: str | None = None
     max_concurrency: int | None = None
     timeout: float | None = None
+    max_retries: int | None = None
 
     def build(self, api_key: str | None = None) -> LLM:
         return make_llm(
@@ -37,6 +38,7 @@ class ModelConfig:
             model_path=self.model_path,
             max_concurrency=self.max_concurrency,
             timeout=self.timeout,
+            max_retries=self.max_retries,
         )
 
 
