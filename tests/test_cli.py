@@ -222,3 +222,13 @@ def test_failed_inputs_are_rejected_with_the_reason_exit_3_and_a_rerun_retries_t
     ids = [r["id"] for r in run.kept()]
     assert sorted(ids) == sorted(set(ids)) and len(ids) == 3
     assert list(run.dropped()) == []
+
+
+def test_error_messages_show_a_servers_control_characters_escaped():
+    from instructforge.cli import common
+
+    with common.console.capture() as cap:
+        common.print_error("HTTP 400 from http://h/v1: \x1b]0;pwned\x07 bad [bold]request")
+    shown = cap.get()
+    assert "\x1b]0" not in shown and "\x07" not in shown
+    assert "\\u001b]0;pwned\\u0007 bad [bold]request" in shown

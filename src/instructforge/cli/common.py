@@ -159,8 +159,9 @@ ShardsOpt = Annotated[
 
 def print_error(message: object) -> None:
     """``error: MESSAGE`` on stderr, the message as written: its brackets (an install hint
-    like ``instructforge[train]``, a file name, a row's text) are never read as markup."""
-    console.print(f"[red]error:[/red] {escape(str(message))}", highlight=False)
+    like ``instructforge[train]``, a file name, a row's text) are never read as markup, and
+    control characters in it (a server's answer quoted in the message) are shown escaped."""
+    console.print(f"[red]error:[/red] {terminal_text(str(message))}", highlight=False)
 
 
 # Exit codes. 0: the run is complete. 1: an error stopped it (server unreachable, too many
@@ -192,7 +193,7 @@ def handle_errors(fn: F) -> F:
             print_error(e)
             raise typer.Exit(2) from None
         except RunDirError as e:
-            console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False)
+            print_error(e)
             raise typer.Exit(2) from None
         except (LLMError, JobAborted) as e:
             print_error(e)
