@@ -17,7 +17,8 @@ from instructforge.devserver import DevServer
 from instructforge.engine import JobAborted, RequestCache, RunDir, Usage, iter_jsonl, run_job
 from instructforge.engine.progress import JobProgress
 from instructforge.llm import LLMError, OpenAICompatible
-from instructforge.methods.respond import ModelConfig, RespondConfig, respond
+from instructforge.llm.config import ModelConfig
+from instructforge.methods.respond import RespondConfig, respond
 from instructforge.records import new_record, rejected
 
 

@@ -15,7 +15,8 @@ from instructforge.cli import app
 from instructforge.engine import JobAborted, RunDir
 from instructforge.engine.ray_executor import run_sharded, shard_dir
 from instructforge.inputs import InstructionSource
-from instructforge.methods.respond import ModelConfig, RespondConfig, respond_job
+from instructforge.llm.config import ModelConfig
+from instructforge.methods.respond import RespondConfig, respond_job
 
 ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'instructforge[ray]'")
 

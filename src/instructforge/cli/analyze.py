@@ -87,7 +87,7 @@ def _judge_llm(spec: str | None, base_url: str | None, api_key: str | None,
                timeout: float | None) -> LLM | None:
     if spec is None:
         return None
-    from instructforge.methods.respond import ModelConfig
+    from instructforge.llm.config import ModelConfig
 
     return ModelConfig(spec, base_url, model_path, max_concurrency, timeout).build(api_key)
 

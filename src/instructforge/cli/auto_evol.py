@@ -33,6 +33,7 @@ from instructforge.cli.common import (
     print_usage,
 )
 from instructforge.cli.evolve import print_summary
+from instructforge.llm.config import ModelConfig
 from instructforge.methods import eliminate as el
 from instructforge.methods.auto_evol import (
     PAPER_FAILURE_TYPES,
@@ -46,7 +47,6 @@ from instructforge.methods.auto_evol import (
     load_pool,
 )
 from instructforge.methods.evol_instruct import EvolError, write_summary
-from instructforge.methods.respond import ModelConfig
 
 _SPEC_HELP = ("Model spec: 'embedded' (SmolLM2-135M on CPU, a smoke-test model), "
               "'embedded:qwen2.5-coder-1.5b' (stronger, CPU), a .gguf path, 'openai:MODEL@URL', "

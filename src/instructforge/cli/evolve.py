@@ -35,6 +35,7 @@ from instructforge.cli.common import (
     terminal_text,
 )
 from instructforge.inputs import InstructionSource
+from instructforge.llm.config import ModelConfig
 from instructforge.methods import eliminate as el
 from instructforge.methods.evol_instruct import (
     EvolConfig,
@@ -46,7 +47,6 @@ from instructforge.methods.evol_instruct import (
     write_summary,
 )
 from instructforge.methods.evol_instruct import evolve as run_evolve
-from instructforge.methods.respond import ModelConfig
 
 _SPEC_HELP = ("Model spec: 'embedded' (SmolLM2-135M on CPU, a smoke-test model), "
               "'embedded:qwen2.5-coder-1.5b' (stronger, CPU), a .gguf path, 'openai:MODEL@URL', "

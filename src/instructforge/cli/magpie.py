@@ -34,10 +34,10 @@ from instructforge.cli.common import (
     terminal_text,
 )
 from instructforge.engine import RunDir
+from instructforge.llm.config import ModelConfig
 from instructforge.llm.templates import template_names
 from instructforge.methods.filters import FilterConfig
 from instructforge.methods.magpie import MagpieConfig, category_names, estimate, magpie
-from instructforge.methods.respond import ModelConfig
 
 FILTER_SWITCHES = ("length", "incomplete", "repetition", "leakage", "language", "exact-dedup",
                    "near-dedup")

@@ -33,7 +33,8 @@ from instructforge.cli.common import (
     print_usage,
 )
 from instructforge.inputs import InstructionSource
-from instructforge.methods.respond import ModelConfig, RespondConfig, estimate, respond
+from instructforge.llm.config import ModelConfig
+from instructforge.methods.respond import RespondConfig, estimate, respond
 
 
 @app.command("respond")

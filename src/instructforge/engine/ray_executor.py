@@ -37,8 +37,17 @@ from typing import IO, Any
 
 from instructforge.engine.context import Usage
 from instructforge.engine.progress import JobProgress
-from instructforge.engine.run import JobAborted, JobResult, ProcessFn, run_job, write_parquet
+from instructforge.engine.run import (
+    COUNTERS,
+    JobAborted,
+    JobResult,
+    ProcessFn,
+    run_job,
+    save_usage,
+    write_parquet,
+)
 from instructforge.engine.store import RunDir, iter_jsonl
+from instructforge.files import open_atomic, write_atomic
 from instructforge.llm.base import LLM
 from instructforge.records import IdIndex, Record, stable_id
 
@@ -51,7 +60,6 @@ a duplicate of a record kept by another shard), or None to keep it."""
 
 EXECUTORS = ("ray", "inline")
 FINISHED = "FINISHED"
-COUNTERS = ("processed", "skipped", "kept", "rejected", "invalid", "failed")
 
 
 class ShardingError(JobAborted):
@@ -162,10 +170,7 @@ def partition(inputs: Iterable[Record], run: RunDir, shards: int | None) -> dict
         (d.root / "input.jsonl.tmp").replace(d.root / "input.jsonl")
     manifest = {"shards": n, "counts": counts, "total": sum(counts)}
     # The manifest last: its presence means every shard input is complete.
-    path = _manifest_path(run)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(manifest, indent=2))
-    tmp.replace(path)
+    write_atomic(_manifest_path(run), manifest)
     return manifest
 
 
@@ -377,11 +382,8 @@ def union(run: RunDir, shards: int,
     """
     run.data.mkdir(parents=True, exist_ok=True)
     seen = IdIndex()  # on disk: the union of millions of records keeps memory flat
-    kept_tmp = run.records.with_suffix(".jsonl.tmp")
-    rejected_tmp = run.rejected.with_suffix(".jsonl.tmp")
     kept = dropped = rejected_n = 0
-    with seen, open(kept_tmp, "w", encoding="utf-8") as keep, \
-            open(rejected_tmp, "w", encoding="utf-8") as reject:
+    with seen, open_atomic(run.records) as keep, open_atomic(run.rejected) as reject:
         for i in range(shards):
             for rec in iter_jsonl(shard_dir(run, i).records):
                 if not seen.add(rec["id"]):
@@ -398,21 +400,13 @@ def union(run: RunDir, shards: int,
                 if seen.add(rec["id"]):
                     reject.write(json.dumps(rec, ensure_ascii=False) + "\n")
                     rejected_n += 1
-    kept_tmp.replace(run.records)
-    rejected_tmp.replace(run.rejected)
     return kept, rejected_n + dropped, dropped
 
 
 def _save_usage(run: RunDir, name: str, usage: Usage, result: ShardedResult) -> None:
-    """usage.json as the local executor writes it: this invocation under ``runs[-1]``, and
-    ``total`` summed over every shard's own usage.json (all invocations)."""
-    runs: list[dict[str, Any]] = []
-    if run.usage.exists():
-        try:
-            runs = json.loads(run.usage.read_text()).get("runs", [])
-        except ValueError:
-            pass
-    runs.append({
+    """usage.json as the local executor writes it, with ``total`` summed over every shard's
+    own usage.json (all invocations)."""
+    this = {
         "pid": os.getpid(),
         "started": round(time.time() - result.seconds, 3),
         "wall_seconds": round(result.seconds, 3),
@@ -421,15 +415,11 @@ def _save_usage(run: RunDir, name: str, usage: Usage, result: ShardedResult) -> 
         "shards_run": result.shards_run,
         "shards_skipped": result.shards_skipped,
         "by_model_step": usage.as_dict(),
-    })
+    }
     total = Usage()
     for i in range(result.shards):
         path = shard_dir(run, i).usage
         if path.exists():
             total.add(json.loads(path.read_text()).get("total", {}))
-    data = {"job": name, "executor": "sharded", "shards": result.shards,
-            "total": total.as_dict(), "runs": runs}
-    result.usage = data
-    tmp = run.usage.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    tmp.replace(run.usage)
+    result.usage = save_usage(run.usage, name, this, total=total.as_dict(),
+                              executor="sharded", shards=result.shards)

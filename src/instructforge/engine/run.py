@@ -31,6 +31,7 @@ from instructforge.engine.cache import RequestCache
 from instructforge.engine.context import Context, Usage
 from instructforge.engine.progress import JobProgress
 from instructforge.engine.store import RunDir, RunDirError, Store, iter_jsonl
+from instructforge.files import atomic_path, write_atomic
 from instructforge.llm.base import LLM, LLMError
 from instructforge.records import Record, id_problem
 
@@ -77,9 +78,7 @@ def run_job(
 async def preflight(llms: Sequence[LLM]) -> None:
     """Fail fast, before any record, when a server is unreachable or a model name is wrong."""
     for llm in llms:
-        resolve = getattr(llm, "resolve_model", None)
-        if resolve is not None:
-            await resolve()
+        await llm.resolve_model()
 
 
 async def arun_job(
@@ -223,36 +222,44 @@ async def _save_usage_periodically(
 
 
 def _save_usage(run: RunDir, name: str, ctx: Context, result: JobResult) -> None:
-    """usage.json: this invocation's counts under ``runs[-1]``, totals over all invocations."""
-    data: dict[str, Any] = {"job": name, "runs": []}
-    if run.usage.exists():
-        try:
-            data = json.loads(run.usage.read_text())
-        except ValueError:
-            pass
     this = {
         "pid": os.getpid(),
         "started": result.started,
         "wall_seconds": round(result.seconds, 3),
-        "processed": result.processed,
-        "skipped": result.skipped,
-        "kept": result.kept,
-        "rejected": result.rejected,
-        "invalid": result.invalid,
-        "failed": result.failed,
+        **{k: getattr(result, k) for k in COUNTERS},
         "errors": result.errors,
         "by_model_step": ctx.usage.as_dict(),
     }
-    runs = [r for r in data.get("runs", []) if r.get("started") != this["started"]]
+    result.usage = save_usage(run.usage, name, this)
+
+
+COUNTERS = ("processed", "skipped", "kept", "rejected", "invalid", "failed")
+
+
+def save_usage(
+    path: Path, job: str, this: dict[str, Any], *, total: dict[str, Any] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """Write ``usage.json``: this invocation's counts under ``runs`` (replacing an earlier save
+    of the same invocation, matched on ``started``; every invocation has its entry) and
+    ``total``: the one given, or every invocation's ``by_model_step`` summed. Returns what
+    was written."""
+    runs: list[dict[str, Any]] = []
+    if path.exists():
+        try:
+            runs = json.loads(path.read_text()).get("runs", [])
+        except ValueError:
+            pass
+    runs = [r for r in runs if r.get("started") != this.get("started")]
     runs.append(this)
-    total = Usage()
-    for r in runs:
-        total.add(r["by_model_step"])
-    data = {"job": name, "total": total.as_dict(), "runs": runs}
-    result.usage = data
-    tmp = run.usage.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    tmp.replace(run.usage)
+    if total is None:
+        summed = Usage()
+        for r in runs:
+            summed.add(r.get("by_model_step") or {})
+        total = summed.as_dict()
+    data = {"job": job, **extra, "total": total, "runs": runs}
+    write_atomic(path, data)
+    return data
 
 
 PARQUET_JSON_COLUMNS = ("source", "lineage", "metadata", "rejection")
@@ -276,7 +283,12 @@ def write_parquet(run: RunDir, chunk: int = 10_000) -> Path | None:
     )
     if not run.records.exists():
         return None
-    tmp = run.parquet.with_suffix(".parquet.tmp")
+    with atomic_path(run.parquet) as tmp:
+        _write_parquet(run, tmp, schema, chunk)
+    return run.parquet
+
+
+def _write_parquet(run: RunDir, tmp: Path, schema: pa.Schema, chunk: int) -> None:
     writer = pq.ParquetWriter(tmp, schema)
     rows: list[dict[str, Any]] = []
 
@@ -299,5 +311,3 @@ def write_parquet(run: RunDir, chunk: int = 10_000) -> Path | None:
         flush()
     finally:
         writer.close()
-    tmp.replace(run.parquet)
-    return run.parquet

@@ -36,6 +36,7 @@ from typing import IO, Any
 
 import yaml
 
+from instructforge.files import open_atomic, write_atomic
 from instructforge.llm.urls import redact_urls
 from instructforge.records import IdIndex, Record, id_problem, rejected
 
@@ -274,9 +275,8 @@ class RunDir:
 
     def write_config(self, config: dict[str, Any]) -> None:
         """Save ``config.yaml``, with credentials in server URLs removed."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.config.write_text(yaml.safe_dump(redact_urls(config), sort_keys=False,
-                                              allow_unicode=True))
+        write_atomic(self.config, yaml.safe_dump(redact_urls(config), sort_keys=False,
+                                                 allow_unicode=True))
 
     def read_config(self) -> dict[str, Any] | None:
         return yaml.safe_load(self.config.read_text()) if self.config.exists() else None
@@ -326,12 +326,10 @@ class Store:
                 self._written.add(rec["id"])
         if not failures:
             return
-        tmp = path.with_suffix(".jsonl.tmp")
-        with open(path, encoding="utf-8") as src, open(tmp, "w", encoding="utf-8") as dst:
+        with open(path, encoding="utf-8") as src, open_atomic(path) as dst:
             for line in src:
                 if line.strip() and not is_call_failure(json.loads(line)):
                     dst.write(line)
-        tmp.replace(path)
 
     def is_done(self, input_id: str) -> bool:
         return input_id in self.done

@@ -147,9 +147,12 @@ class RawCompletionUnsupported(LLMError):
 
 
 class LLM(ABC):
-    """An LLM backend. ``model_id`` names the model in cache keys and usage reports."""
+    """An LLM backend. ``model_id`` names the model in cache keys and usage reports;
+    ``model``, when known, is the model's own name (what its server or files call it), from
+    which its chat template may be guessed."""
 
     model_id: str = ""
+    model: str | None = None
     supports_completion: bool = True
     max_concurrency: int = 8
 
@@ -163,6 +166,12 @@ class LLM(ABC):
         """The model's own Jinja chat template, when the backend can tell (else None)."""
         return None
 
+    async def resolve_model(self) -> str:
+        """Check, before any record, that the backend can serve (a server is reachable and
+        names the model); returns the model's name. Called once per job by the engine.
+        Default: nothing to check."""
+        return self.model or self.model_id
+
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release connections / processes."""
 
@@ -175,3 +184,49 @@ class LLM(ABC):
     def describe(self) -> dict[str, Any]:
         """Public, secret-free description for config.yaml and usage.json."""
         return {"model": self.model_id}
+
+
+class WrappedLLM(LLM):
+    """A backend that changes some calls of another (``inner``) and forwards the rest, so a
+    wrapper overrides only what it changes.
+
+    >>> class Shouting(WrappedLLM):
+    ...     async def chat(self, messages, params):
+    ...         out = await self.inner.chat(messages, params)
+    ...         return Completion(out.text.upper(), out.finish_reason)
+    """
+
+    def __init__(self, inner: LLM) -> None:
+        self.inner = inner
+        self.supports_completion = inner.supports_completion
+        self.max_concurrency = inner.max_concurrency
+
+    @property  # type: ignore[override]
+    def model_id(self) -> str:
+        # A property: the inner id can change when its server names its only model.
+        return self.inner.model_id
+
+    @property  # type: ignore[override]
+    def model(self) -> str | None:
+        return self.inner.model
+
+    async def chat(self, messages: list[Message], params: SamplingParams) -> Completion:
+        return await self.inner.chat(messages, params)
+
+    async def complete(self, text: str, params: SamplingParams) -> Completion:
+        return await self.inner.complete(text, params)
+
+    async def chat_template(self) -> str | None:
+        return await self.inner.chat_template()
+
+    async def resolve_model(self) -> str:
+        return await self.inner.resolve_model()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+    async def release_loop(self) -> None:
+        await self.inner.release_loop()
+
+    def describe(self) -> dict[str, Any]:
+        return self.inner.describe()

@@ -231,6 +231,7 @@ class OpenAICompatible(LLM):
         self._client: aiohttp.ClientSession | None = None
         self._sem: asyncio.Semaphore | None = None
         self._resolve_lock: asyncio.Lock | None = None
+        self._checked = False
         self.structured = structured
         self._flavour: str | None = None if structured == "auto" else structured
         self._server_version: str | None = None
@@ -370,7 +371,7 @@ class OpenAICompatible(LLM):
         self._ensure_client()
         assert self._resolve_lock is not None
         async with self._resolve_lock:
-            if self.model is not None and getattr(self, "_checked", False):
+            if self.model is not None and self._checked:
                 return self.model
             names = await self.list_models()
             if self.model is None:

@@ -649,7 +649,7 @@ async def resolve_template(spec: str | None, llm: LLM) -> ChatTemplate:
         return load_template(spec)
     text = await llm.chat_template()
     if not text:
-        guess = guess_from_model_name(str(getattr(llm, "model", None) or llm.model_id or ""))
+        guess = guess_from_model_name(llm.model or llm.model_id or "")
         if guess is not None:
             return guess
         raise TemplateError(

@@ -42,6 +42,7 @@ import json
 import os
 import random
 import re
+import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -52,12 +53,15 @@ from typing import Any
 import jinja2
 
 from instructforge.engine import Context, JobResult, RequestCache, RunDir, preflight
+from instructforge.engine.run import save_usage
+from instructforge.files import write_atomic
 from instructforge.inputs import InstructionSource
 from instructforge.llm import LLM, Completion, Message, RawCompletionUnsupported, SamplingParams
+from instructforge.llm.base import WrappedLLM
+from instructforge.llm.config import ModelConfig, build_roles, distinct
 from instructforge.llm.urls import redact_urls
 from instructforge.methods import eliminate as el
 from instructforge.methods.evol_instruct import EvolConfig, Models, evolve
-from instructforge.methods.respond import ModelConfig, build_roles, distinct
 from instructforge.records import instruction, stable_seed
 
 METHOD = "auto_evol"
@@ -731,7 +735,7 @@ class SearchModels:
 # --- the wrapper that lets Evol-Instruct run e* -----------------------------------------------
 
 
-class SectionsLLM(LLM):
+class SectionsLLM(WrappedLLM):
     """The evol backend seen through :func:`parse_method_output`: ``chat()`` returns the
     final rewritten instruction ('' when the answer cannot be parsed, which Evol-Instruct's
     elimination rejects as an empty instruction). Its ``model_id`` differs from the wrapped
@@ -740,16 +744,13 @@ class SectionsLLM(LLM):
     >>> wrapped = SectionsLLM(make_llm("embedded"))                   # doctest: +SKIP
     """
 
-    supports_completion = False
-
     def __init__(self, inner: LLM, log_path: Path | None = None) -> None:
-        self.inner = inner
-        self.max_concurrency = inner.max_concurrency
+        super().__init__(inner)
+        self.supports_completion = False
         self.log_path = log_path
 
     @property  # type: ignore[override]
     def model_id(self) -> str:
-        # A property: the inner id can change when its server names its only model.
         return self.inner.model_id + MODEL_ID_SUFFIX
 
     async def chat(self, messages: list[Message], params: SamplingParams) -> Completion:
@@ -770,33 +771,11 @@ class SectionsLLM(LLM):
     async def complete(self, text: str, params: SamplingParams) -> Completion:
         raise RawCompletionUnsupported("the auto-evol sections wrapper only chats")
 
-    async def resolve_model(self) -> None:
-        resolve = getattr(self.inner, "resolve_model", None)
-        if resolve is not None:
-            await resolve()
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
-
-    async def release_loop(self) -> None:
-        await self.inner.release_loop()
-
     def describe(self) -> dict[str, Any]:
         return {**self.inner.describe(), "parser": "auto_evol sections"}
 
 
 # --- the search ----------------------------------------------------------------------------
-
-
-def _write(path: Path, data: Any) -> None:
-    """Write JSON or text atomically (a kill never leaves half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    if isinstance(data, str):
-        tmp.write_text(data, encoding="utf-8")
-    else:
-        tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _jsonl(rows: Sequence[dict[str, Any]]) -> str:
@@ -994,11 +973,11 @@ class MethodSearch:
                     f"({', '.join(diff)} differ); use a new --output or the same options"
                 )
         else:
-            _write(p, key)
-        _write(self.root / "dev_set.jsonl", _jsonl([asdict(x) for x in self.dev]))
+            write_atomic(p, key)
+        write_atomic(self.root / "dev_set.jsonl", _jsonl([asdict(x) for x in self.dev]))
 
     def _save_evaluation(self, d: Path, score: Score, results: list[DevResult]) -> None:
-        _write(d / "evaluation.json", {"score": score.to_dict(),
+        write_atomic(d / "evaluation.json", {"score": score.to_dict(),
                                        "items": [r.to_dict() for r in results]})
 
     # -- the loop ------------------------------------------------------------------------
@@ -1011,7 +990,7 @@ class MethodSearch:
         rec0 = self._load_step(0)
         if rec0 is None:
             d0 = self._step_dir(0)
-            _write(d0 / "method.jinja", self.initial.source)
+            write_atomic(d0 / "method.jinja", self.initial.source)
             self.log(f"step 0: evaluating the initial method on {len(self.dev)} dev "
                      "instructions")
             results = await self.evaluate(ctx, self.initial)
@@ -1019,7 +998,7 @@ class MethodSearch:
             self._save_evaluation(d0, score, results)
             rec0 = StepRecord(0, "step_0/method.jinja", score.failure_rate or 0.0, False,
                               "initial", [])
-            _write(d0 / "step.json", rec0.to_dict())
+            write_atomic(d0 / "step.json", rec0.to_dict())
         elif EvolvingMethod.load(self.root / rec0.method).source != self.initial.source:
             raise AutoEvolError(f"{self.root}: the saved initial method differs from "
                                 "--initial-method; use a new --output")
@@ -1046,9 +1025,9 @@ class MethodSearch:
                 stale += 1
         best_method = EvolvingMethod.load(self.root / best.method)
         best_dir = self.root / "best"
-        _write(best_dir / f"{OPERATION}.jinja", best_method.source)
-        _write(best_dir / "best.json", {**best.to_dict(), "stopped": stopped})
-        _write(self.root / "history.json", {
+        write_atomic(best_dir / f"{OPERATION}.jinja", best_method.source)
+        write_atomic(best_dir / "best.json", {**best.to_dict(), "stopped": stopped})
+        write_atomic(self.root / "history.json", {
             "stopped": stopped,
             "best": {"step": best.step, "method": best.method,
                      "failure_rate": best.failure_rate},
@@ -1068,11 +1047,11 @@ class MethodSearch:
                  "steps with the current method")
         trajectories = list(await asyncio.gather(*[self.trajectory(ctx, current, x, k)
                                                    for x in batch]))
-        _write(d / "trajectories.jsonl", _jsonl(trajectories))
+        write_atomic(d / "trajectories.jsonl", _jsonl(trajectories))
         self.log(f"step {k}: analysing the trajectories")
         analyses = list(await asyncio.gather(*[self.analyse(ctx, t, k) for t in trajectories]))
         feedback = [a["feedback"] for a in analyses if a["feedback"]]
-        _write(d / "feedback.json", analyses)
+        write_atomic(d / "feedback.json", analyses)
 
         self.log(f"step {k}: sampling {cfg.candidates} optimized methods")
         optimized = await asyncio.gather(*[self.optimize(ctx, current, feedback, k, j)
@@ -1080,10 +1059,10 @@ class MethodSearch:
         # The candidates are on disk before their (long) evaluation, for inspection.
         for j, (method, raw) in enumerate(optimized, 1):
             cd = d / f"candidate_{j}"
-            _write(cd / "optimizer_output.txt", raw)
+            write_atomic(cd / "optimizer_output.txt", raw)
             if method is not None:
-                _write(cd / "method.jinja", method.source)
-                _write(cd / "method.diff", method_diff(current, method, current_rec.method,
+                write_atomic(cd / "method.jinja", method.source)
+                write_atomic(cd / "method.diff", method_diff(current, method, current_rec.method,
                                                        f"step_{k}/candidate_{j}/method.jinja"))
         self.log(f"step {k}: evaluating {sum(m is not None for m, _ in optimized)} candidates "
                  f"on {len(self.dev)} dev instructions")
@@ -1096,7 +1075,7 @@ class MethodSearch:
             name = f"candidate_{j}"
             if method is None:
                 scores.append(Score(name, None))
-                _write(cd / "evaluation.json", {"score": scores[-1].to_dict(), "items": [],
+                write_atomic(cd / "evaluation.json", {"score": scores[-1].to_dict(), "items": [],
                                                 "note": "the optimizer's answer held no "
                                                         "method"})
                 continue
@@ -1104,7 +1083,7 @@ class MethodSearch:
             self._save_evaluation(cd, scores[-1], results)
 
         selection = select_candidate(current_score, scores)
-        _write(d / "selection.json", {
+        write_atomic(d / "selection.json", {
             **selection.to_dict(),
             "current": {"method": current_rec.method, "failure_rate": current_rec.failure_rate},
             "candidates": [s.to_dict() for s in scores],
@@ -1119,12 +1098,12 @@ class MethodSearch:
             winner = optimized[j - 1][0]  # type: ignore[assignment]
             method_path = f"step_{k}/method.jinja"
             rate = scores[j - 1].failure_rate  # type: ignore[assignment]
-            _write(d / "method.jinja", winner.source)
-            _write(d / "method.diff", method_diff(current, winner, current_rec.method,
+            write_atomic(d / "method.jinja", winner.source)
+            write_atomic(d / "method.diff", method_diff(current, winner, current_rec.method,
                                                   method_path))
         rec = StepRecord(k, method_path, rate, selection.improved, selection.winner,
                          [s.to_dict() for s in scores])
-        _write(d / "step.json", rec.to_dict())  # last: the step is complete
+        write_atomic(d / "step.json", rec.to_dict())  # last: the step is complete
         return rec
 
 
@@ -1167,13 +1146,13 @@ async def _run_search(searcher: MethodSearch, run_dir: Path, cfg: AutoEvolConfig
     cache = RequestCache(RunDir(run_dir).cache)
     shared = RequestCache(Path(cfg.evol.shared_cache)) if cfg.evol.shared_cache else None
     ctx = Context(cache, shared)
+    started = round(time.time(), 3)
     try:
         result = await searcher.run(ctx)
     finally:
         usage = ctx.usage.as_dict()
-        path = searcher.root / "usage.json"
-        runs = json.loads(path.read_text())["runs"] if path.exists() else []
-        _write(path, {"runs": [*runs, {"pid": os.getpid(), "by_model_step": usage}]})
+        save_usage(searcher.root / "usage.json", "auto_evol_search",
+                   {"pid": os.getpid(), "started": started, "by_model_step": usage})
         for llm in searcher.models.distinct():
             await llm.release_loop()  # the final pass uses them again (a vLLM model stays)
         cache.close()

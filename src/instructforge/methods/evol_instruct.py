@@ -37,10 +37,12 @@ import jinja2
 import jinja2.meta
 
 from instructforge.engine import Context, JobResult, RunDir, run_job
+from instructforge.files import write_atomic
 from instructforge.inputs import InputError, InstructionSource
 from instructforge.llm import LLM, Completion, SamplingParams
+from instructforge.llm.config import ModelConfig, build_roles, distinct
 from instructforge.methods import eliminate as el
-from instructforge.methods.respond import ModelConfig, build_roles, distinct, respond_to
+from instructforge.methods.respond import respond_to
 from instructforge.records import (
     IdIndex,
     Record,
@@ -603,10 +605,7 @@ def summarise(run_dir: str | Path) -> dict[str, Any]:
 def write_summary(run_dir: str | Path) -> dict[str, Any]:
     """Compute :func:`summarise` and save it as ``RUN_DIR/summary.json``."""
     summary = summarise(run_dir)
-    path = Path(run_dir) / "summary.json"
-    tmp = path.with_name(path.name + ".tmp")  # renamed into place: never half-written
-    tmp.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    write_atomic(Path(run_dir) / "summary.json", summary)
     return summary
 
 

@@ -30,9 +30,9 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, TemplateNotFo
 
 from instructforge.engine import Context, JobResult, RequestCache, RunDir, run_job
 from instructforge.llm import LLM, LLMError, RawCompletionUnsupported, SamplingParams
+from instructforge.llm.config import ModelConfig
 from instructforge.llm.templates import ChatTemplate, TemplateError, resolve_template
 from instructforge.methods.filters import FilterConfig, Rejection, TextFilters
-from instructforge.methods.respond import ModelConfig
 from instructforge.records import Record, instruction, new_record, rejected, stable_seed
 
 PROMPTS = Path(__file__).resolve().parent.parent / "prompts" / "magpie"

@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import functools
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,53 +14,9 @@ from typing import Any
 from instructforge.engine import Context, JobResult, RunDir, run_job
 from instructforge.engine.run import ProcessFn
 from instructforge.inputs import InstructionSource
-from instructforge.llm import LLM, SamplingParams, make_llm
+from instructforge.llm import LLM, SamplingParams
+from instructforge.llm.config import ModelConfig
 from instructforge.records import Record, instruction, stable_seed
-
-
-@dataclass
-class ModelConfig:
-    """Which LLM to use; secrets (the API key) are passed separately and never saved."""
-
-    model: str = "embedded"
-    base_url: str | None = None
-    model_path: str | None = None
-    max_concurrency: int | None = None
-    timeout: float | None = None
-    max_retries: int | None = None
-
-    def build(self, api_key: str | None = None) -> LLM:
-        return make_llm(
-            self.model,
-            base_url=self.base_url,
-            api_key=api_key,
-            model_path=self.model_path,
-            max_concurrency=self.max_concurrency,
-            timeout=self.timeout,
-            max_retries=self.max_retries,
-        )
-
-
-def build_roles(configs: list[ModelConfig], api_key: str | None = None) -> list[LLM]:
-    """One backend per role, shared between roles with the same config (three roles on
-    ``embedded`` share one server)."""
-    built: dict[str, LLM] = {}
-    out = []
-    for mc in configs:
-        key = json.dumps(asdict(mc), sort_keys=True)
-        if key not in built:
-            built[key] = mc.build(api_key)
-        out.append(built[key])
-    return out
-
-
-def distinct(llms: list[LLM]) -> list[LLM]:
-    """Each backend once, in order (for preflight checks and closing)."""
-    out: list[LLM] = []
-    for m in llms:
-        if all(m is not o for o in out):
-            out.append(m)
-    return out
 
 
 @dataclass

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from instructforge.engine.store import partial_path, unfinished_problem
+from instructforge.files import open_atomic
 from instructforge.records import Record
 
 FORMATS = ("messages", "alpaca", "sharegpt")
@@ -230,8 +231,8 @@ def export_run(
     out.parent.mkdir(parents=True, exist_ok=True)
     result = ExportResult(path=out)
     convert = CONVERTERS[fmt]
-    tmp = out.with_name(out.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
+    # Renamed into place whole, so a crash never leaves a half-written export behind.
+    with open_atomic(out) as fh:
         for _, rec in read_records(src):
             if rec.get("status", "kept") != "kept":
                 result.skipped["not kept"] = result.skipped.get("not kept", 0) + 1
@@ -242,6 +243,4 @@ def export_run(
                 continue
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
             result.written += 1
-    # Write-then-rename so a crash never leaves a half-written export behind.
-    tmp.replace(out)
     return result

@@ -18,7 +18,6 @@ the final model (LoRA adapters merged) is a plain Hugging Face folder that ``eva
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import shutil
@@ -29,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from instructforge.files import write_atomic
 from instructforge.tuning import train_extra_missing
 from instructforge.tuning.export import read_records, records_path, training_messages
 
@@ -271,9 +271,7 @@ def save_final(out: Path, write: Callable[[Path], None], meta: dict[str, Any]) -
             shutil.rmtree(dest)
         os.replace(f, dest)
     staging.rmdir()
-    tmp = out / (TRAIN_META + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=2) + "\n")
-    tmp.replace(out / TRAIN_META)
+    write_atomic(out / TRAIN_META, meta)
 
 
 def unfinished_model(path: str | Path) -> str | None:

@@ -1,0 +1,89 @@
+"""Which model plays which role: the saved, secret-free configuration of a backend.
+
+A method's config holds one :class:`ModelConfig` per role (evol, response, judge...);
+:func:`build_roles` builds them, sharing one backend between roles configured alike::
+
+    evol, judge = build_roles([ModelConfig("embedded"), ModelConfig("embedded")])
+    assert evol is judge
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+from instructforge.llm import make_llm
+from instructforge.llm.base import LLM
+
+
+@dataclass
+class ModelConfig:
+    """Which LLM to use; secrets (the API key) are passed separately and never saved."""
+
+    model: str = "embedded"
+    base_url: str | None = None
+    model_path: str | None = None
+    max_concurrency: int | None = None
+    timeout: float | None = None
+    max_retries: int | None = None
+
+    def build(self, api_key: str | None = None) -> LLM:
+        return make_llm(
+            self.model,
+            base_url=self.base_url,
+            api_key=api_key,
+            model_path=self.model_path,
+            max_concurrency=self.max_concurrency,
+            timeout=self.timeout,
+            max_retries=self.max_retries,
+        )
+
+    def gpus(self) -> int:
+        """GPUs a process must reserve to build this backend: a ``vllm:`` engine needs its
+        tensor parallel size; servers and the embedded CPU model need none.
+
+        >>> ModelConfig("vllm:/models/llama?tensor_parallel_size=2").gpus()
+        2
+        >>> ModelConfig("openai:judge@http://h/v1").gpus()
+        0
+        """
+        if self.base_url or self.model_path or not self.model.startswith("vllm:"):
+            return 0
+        from instructforge.llm.vllm import VLLM  # cheap: vLLM itself is not imported
+
+        return VLLM.from_spec(self.model).tensor_parallel_size
+
+
+def gpus_needed(*configs: ModelConfig | str | None) -> int:
+    """GPUs one process building every one of ``configs`` (or model specs) must reserve,
+    each distinct engine once.
+
+    >>> gpus_needed(ModelConfig("vllm:/m?tensor_parallel_size=2"), "vllm:/m?tensor_parallel_size=2",
+    ...             None)
+    2
+    """
+    given = [ModelConfig(c) if isinstance(c, str) else c for c in configs if c]
+    distinct_configs = {json.dumps(asdict(c), sort_keys=True): c for c in given}
+    return sum(c.gpus() for c in distinct_configs.values())
+
+
+def build_roles(configs: list[ModelConfig], api_key: str | None = None) -> list[LLM]:
+    """One backend per role, shared between roles with the same config (three roles on
+    ``embedded`` share one server)."""
+    built: dict[str, LLM] = {}
+    out = []
+    for mc in configs:
+        key = json.dumps(asdict(mc), sort_keys=True)
+        if key not in built:
+            built[key] = mc.build(api_key)
+        out.append(built[key])
+    return out
+
+
+def distinct(llms: list[LLM]) -> list[LLM]:
+    """Each backend once, in order (for preflight checks and closing)."""
+    out: list[LLM] = []
+    for m in llms:
+        if all(m is not o for o in out):
+            out.append(m)
+    return out
