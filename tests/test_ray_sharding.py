@@ -10,7 +10,6 @@ import pytest
 from instructforge.engine import JobAborted, RunDir
 from instructforge.engine.ray_executor import (
     ShardingError,
-    gpus_needed,
     partition,
     run_sharded,
     shard_dir,
@@ -18,7 +17,7 @@ from instructforge.engine.ray_executor import (
     union,
 )
 from instructforge.inputs import InstructionSource
-from instructforge.llm.config import ModelConfig
+from instructforge.llm.config import ModelConfig, gpus_needed
 from instructforge.methods.respond import RespondConfig, respond, respond_job
 
 

@@ -2,6 +2,7 @@
 
 from instructforge.engine.cache import RequestCache, request_key
 from instructforge.engine.context import Context, Usage
+from instructforge.engine.job import Built, Job
 from instructforge.engine.run import (
     JobAborted,
     JobResult,
@@ -23,6 +24,8 @@ from instructforge.engine.store import (
 )
 
 __all__ = [
+    "Built",
+    "Job",
     "Context",
     "IdCollision",
     "JobAborted",

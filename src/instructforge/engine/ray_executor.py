@@ -15,11 +15,13 @@ top-level ``data/records.jsonl`` is rebuilt as the union of the shards, each id 
 
 A worker builds its job with ``make_process(shard_run_dir)`` (a picklable callable returning
 the per-record coroutine and the LLMs it uses), so a backend is created where it runs: a
-shared OpenAI-compatible endpoint, or a vLLM engine per GPU worker::
+shared OpenAI-compatible endpoint, or a vLLM engine per GPU worker. Methods do not call
+this module: they describe a :class:`~instructforge.engine.job.Job` with ``executor="ray"``
+and :meth:`~instructforge.engine.job.Job.run` comes here::
 
-    result = run_sharded("respond", InstructionSource("seeds.jsonl"), "runs/big",
-                         functools.partial(respond_job, cfg), config={"model": "..."},
-                         shards=16, executor="ray")
+    result = Job("respond", InstructionSource("seeds.jsonl"),
+                 functools.partial(respond_job, cfg), config={"model": "..."},
+                 executor="ray", shards=16).run("runs/big")
 
 A worker killed mid-shard (a lost node, OOM, ``kill -9``) is retried by Ray
 (``max_retries``); the retry resumes the shard, so nothing finished is redone or duplicated.
@@ -30,33 +32,25 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 from instructforge.engine.context import Usage
+from instructforge.engine.job import MakeProcess, UnionFilter, as_built
 from instructforge.engine.progress import JobProgress
 from instructforge.engine.run import (
     COUNTERS,
     JobAborted,
     JobResult,
-    ProcessFn,
     run_job,
     save_usage,
     write_parquet,
 )
 from instructforge.engine.store import RunDir, iter_jsonl
 from instructforge.files import open_atomic, write_atomic
-from instructforge.llm.base import LLM
 from instructforge.records import IdIndex, Record, stable_id
-
-MakeProcess = Callable[[RunDir], tuple[ProcessFn, Sequence[LLM]]]
-"""Builds a shard's job inside the worker: ``make_process(shard_run) -> (process, llms)``."""
-
-UnionFilter = Callable[[Record], Record | None]
-"""Sees each kept record of the union in order; returns a rejected copy to drop it (e.g.
-a duplicate of a record kept by another shard), or None to keep it."""
 
 EXECUTORS = ("ray", "inline")
 FINISHED = "FINISHED"
@@ -93,20 +87,6 @@ def shard_of(record_id: str, shards: int) -> int:
     True
     """
     return int(stable_id(record_id), 16) % shards
-
-
-def gpus_needed(*specs: str | None) -> int:
-    """GPUs one shard task must reserve for these model specs: each distinct ``vllm:`` engine
-    needs its tensor parallel size (Ray hides GPUs from tasks that reserve none); servers
-    need none.
-
-    >>> gpus_needed("vllm:/models/llama?tensor_parallel_size=2", "openai:judge@http://h/v1")
-    2
-    """
-    from instructforge.llm.vllm import VLLM  # cheap: vLLM itself is not imported
-
-    engines = {s for s in specs if s and s.startswith("vllm:")}
-    return sum(VLLM.from_spec(s).tensor_parallel_size for s in engines)
 
 
 def shard_dir(run: RunDir, index: int) -> RunDir:
@@ -190,14 +170,14 @@ def run_shard(
     marker = run.root / FINISHED
     if marker.exists():
         return {**json.loads(marker.read_text()), "finished": True, "ran": False}
-    process, llms = make_process(run)
+    built = as_built(make_process(run))
     result = run_job(
         name,
         iter_jsonl(run.root / "input.jsonl"),
-        process,
+        built.process,
         run,
-        config=config,
-        llms=llms,
+        config={**config, **built.config},
+        llms=built.llms,
         progress=False,
         **options,
     )

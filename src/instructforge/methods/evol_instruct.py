@@ -36,11 +36,11 @@ from typing import Any
 import jinja2
 import jinja2.meta
 
-from instructforge.engine import Context, JobResult, RunDir, run_job
+from instructforge.engine import Context, Job, JobResult, RunDir
 from instructforge.files import write_atomic
 from instructforge.inputs import InputError, InstructionSource
 from instructforge.llm import LLM, Completion, SamplingParams
-from instructforge.llm.config import ModelConfig, build_roles, distinct
+from instructforge.llm.config import ModelConfig, build_roles, distinct, gpus_needed
 from instructforge.methods import eliminate as el
 from instructforge.methods.respond import respond_to
 from instructforge.records import (
@@ -444,39 +444,20 @@ def evolve(
     total = source.validate()  # bad config or input fails before any server starts
     if cfg.keep_seeds:
         check_seed_ids(source, cfg.rounds)
-    if cfg.executor != "local":
-        if models is not None:
-            raise EvolError("models= objects cannot travel to Ray workers; give model specs")
-        from instructforge.engine.ray_executor import gpus_needed, run_sharded
-
-        result = run_sharded(
-            cfg.method,
-            source,
-            run_dir,
-            functools.partial(evol_job, cfg, api_key),
-            config=recorded,
-            shards=cfg.shards,
-            executor=cfg.executor,
-            concurrency=cfg.concurrency,
-            progress=progress,
-            shared_cache=cfg.shared_cache,
-            num_gpus=gpus_needed(cfg.evol_llm.model, cfg.response_llm.model, cfg.judge_llm.model),
-        )
-        write_summary(run_dir)
-        return result
-    chain, llms = evol_job(cfg, api_key, models=models)
-    result = run_job(
+    if models is not None and cfg.executor != "local":
+        raise EvolError("models= objects cannot travel to Ray workers; give model specs")
+    result = Job(
         cfg.method,
         source,
-        chain,
-        run_dir,
+        functools.partial(evol_job, cfg, api_key, models=models),
         config=recorded,
         total=total,
         concurrency=cfg.concurrency,
-        progress=progress,
-        llms=llms,
         shared_cache=cfg.shared_cache,
-    )
+        executor=cfg.executor,
+        shards=cfg.shards,
+        num_gpus=gpus_needed(cfg.evol_llm, cfg.response_llm, cfg.judge_llm),
+    ).run(run_dir, progress=progress)
     write_summary(run_dir)
     return result
 

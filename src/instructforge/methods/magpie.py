@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import functools
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -28,9 +29,9 @@ from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, TemplateNotFound
 
-from instructforge.engine import Context, JobResult, RequestCache, RunDir, run_job
+from instructforge.engine import Built, Context, Job, JobResult, RequestCache, RunDir
 from instructforge.llm import LLM, LLMError, RawCompletionUnsupported, SamplingParams
-from instructforge.llm.config import ModelConfig
+from instructforge.llm.config import ModelConfig, gpus_needed
 from instructforge.llm.templates import ChatTemplate, TemplateError, resolve_template
 from instructforge.methods.filters import FilterConfig, Rejection, TextFilters
 from instructforge.records import Record, instruction, new_record, rejected, stable_seed
@@ -322,25 +323,21 @@ def magpie(
     """
     cfg = config or MagpieConfig()
     cfg.validate()
-    inputs = (new_record(f"magpie-{i}", method="magpie") for i in range(cfg.n))
-    if cfg.executor != "local":
-        if llm is not None or response_llm is not None:
-            raise ValueError("llm= objects cannot travel to Ray workers; give model specs")
-        return _magpie_sharded(run_dir, cfg, api_key, inputs, progress)
-    job, llms = magpie_job(cfg, api_key, RunDir(run_dir), llm=llm, response_llm=response_llm)
-    config_out = {**cfg.describe(), "chat_template": job.template.describe()}
-    return run_job(
+    if (llm is not None or response_llm is not None) and cfg.executor != "local":
+        raise ValueError("llm= objects cannot travel to Ray workers; give model specs")
+    return Job(
         "magpie",
-        inputs,
-        job.process,
-        run_dir,
-        config=config_out,
+        (new_record(f"magpie-{i}", method="magpie") for i in range(cfg.n)),
+        functools.partial(_build, cfg, api_key, llm=llm, response_llm=response_llm),
+        config=cfg.describe(),
         total=cfg.n,
         concurrency=cfg.concurrency,
-        progress=progress,
-        llms=llms,
         shared_cache=cfg.shared_cache,
-    )
+        executor=cfg.executor,
+        shards=cfg.shards,
+        num_gpus=gpus_needed(cfg.llm, cfg.response_llm),
+        union_filter=_across_shards(cfg),
+    ).run(run_dir, progress=progress)
 
 
 def magpie_job(
@@ -365,17 +362,15 @@ def magpie_job(
     return job, [m for m in (llm, response_llm) if m is not None]
 
 
-def _shard_job(cfg: MagpieConfig, api_key: str | None, run: RunDir) -> tuple[Any, list[LLM]]:
-    job, llms = magpie_job(cfg, api_key, run)
-    return job.process, llms
+def _build(cfg: MagpieConfig, api_key: str | None, run: RunDir, *,
+           llm: LLM | None = None, response_llm: LLM | None = None) -> Built:
+    job, llms = magpie_job(cfg, api_key, run, llm=llm, response_llm=response_llm)
+    return Built(job.process, llms, {"chat_template": job.template.describe()})
 
 
-def _magpie_sharded(run_dir: str | Path, cfg: MagpieConfig, api_key: str | None,
-                    inputs: Any, progress: bool) -> JobResult:
-    """``--executor ray``: conversation slots sharded over Ray, each shard deduplicating its
-    own queries as it goes; the union then drops queries another shard already kept."""
-    from instructforge.engine.ray_executor import gpus_needed, run_sharded
-
+def _across_shards(cfg: MagpieConfig) -> Callable[[Record], Record | None]:
+    """Sharded runs: each shard deduplicates its own queries as it goes; the union then
+    drops queries another shard already kept."""
     across = TextFilters(cfg.filters)
 
     def dedup(rec: Record) -> Record | None:
@@ -384,20 +379,7 @@ def _magpie_sharded(run_dir: str | Path, cfg: MagpieConfig, api_key: str | None,
                             reason=f"{r.reason} (kept by another shard)", evidence=r.evidence)
         return None
 
-    return run_sharded(
-        "magpie",
-        inputs,
-        run_dir,
-        functools.partial(_shard_job, cfg, api_key),
-        config=cfg.describe(),
-        shards=cfg.shards,
-        executor=cfg.executor,
-        concurrency=cfg.concurrency,
-        progress=progress,
-        shared_cache=cfg.shared_cache,
-        num_gpus=gpus_needed(cfg.llm.model, cfg.response_llm.model if cfg.response_llm else None),
-        union_filter=dedup,
-    )
+    return dedup
 
 
 def estimate(cfg: MagpieConfig) -> dict[str, Any]:

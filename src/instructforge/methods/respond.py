@@ -11,11 +11,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from instructforge.engine import Context, JobResult, RunDir, run_job
+from instructforge.engine import Context, Job, JobResult, RunDir
 from instructforge.engine.run import ProcessFn
 from instructforge.inputs import InstructionSource
 from instructforge.llm import LLM, SamplingParams
-from instructforge.llm.config import ModelConfig
+from instructforge.llm.config import ModelConfig, gpus_needed
 from instructforge.records import Record, instruction, stable_seed
 
 
@@ -83,36 +83,18 @@ def respond(
         input_path, column=cfg.column, skip_invalid=cfg.skip_invalid, limit=cfg.limit
     )
     total = source.validate()
-    config = {"input": str(input_path), **asdict(cfg)}
-    if cfg.executor != "local":
-        from instructforge.engine.ray_executor import gpus_needed, run_sharded
-
-        return run_sharded(
-            "respond",
-            source,
-            run_dir,
-            functools.partial(respond_job, cfg, api_key),
-            config=config,
-            shards=cfg.shards,
-            executor=cfg.executor,
-            concurrency=cfg.concurrency,
-            progress=progress,
-            shared_cache=cfg.shared_cache,
-            num_gpus=gpus_needed(cfg.llm.model),
-        )
-    process, llms = respond_job(cfg, api_key)
-    return run_job(
+    return Job(
         "respond",
         source,
-        process,
-        run_dir,
-        config=config,
+        functools.partial(respond_job, cfg, api_key),
+        config={"input": str(input_path), **asdict(cfg)},
         total=total,
         concurrency=cfg.concurrency,
-        progress=progress,
-        llms=llms,
         shared_cache=cfg.shared_cache,
-    )
+        executor=cfg.executor,
+        shards=cfg.shards,
+        num_gpus=gpus_needed(cfg.llm),
+    ).run(run_dir, progress=progress)
 
 
 def respond_job(
