@@ -67,7 +67,10 @@ class Job:
 
     ``config`` is what ``config.yaml`` records (secret-free); ``concurrency`` bounds the
     records in flight (per shard under Ray); ``shards``, ``num_gpus`` (per shard task) and
-    ``union_filter`` matter to the sharded executors only.
+    ``union_filter`` matter to the sharded executors only. ``may_grow`` names options a
+    rerun may increase because the job continues what the run holds (evolve's ``rounds``);
+    the local executor honours it, a sharded run (whose shard inputs are fixed) refuses the
+    change.
     """
 
     name: str
@@ -81,6 +84,7 @@ class Job:
     shards: int | None = None
     num_gpus: float = 0
     union_filter: UnionFilter | None = None
+    may_grow: tuple[str, ...] = ()  # local executor: options a rerun may increase
 
     def __post_init__(self) -> None:
         if self.executor not in EXECUTORS:
@@ -96,7 +100,7 @@ class Job:
             return run_job(self.name, self.inputs, built.process, run,
                            config={**self.config, **built.config}, total=self.total,
                            concurrency=self.concurrency, progress=progress, llms=built.llms,
-                           shared_cache=self.shared_cache)
+                           shared_cache=self.shared_cache, may_grow=self.may_grow)
         from instructforge.engine.ray_executor import run_sharded  # Ray only when asked for
 
         return run_sharded(self.name, self.inputs, run_dir, self.build, config=self.config,

@@ -94,6 +94,7 @@ async def arun_job(
     llms: Sequence[LLM] = (),
     shared_cache: str | os.PathLike[str] | None = None,
     max_consecutive_failures: int = 20,
+    may_grow: tuple[str, ...] = (),
 ) -> JobResult:
     """Run ``process`` over ``inputs`` into ``run_dir`` (resuming if it has state).
 
@@ -107,13 +108,14 @@ async def arun_job(
     finished is kept.
 
     The job holds the run directory's lock (:class:`RunLocked` if another process has it)
-    and refuses a run made with options that change records (:class:`OptionsChanged`).
+    and refuses a run made with options that change records (:class:`OptionsChanged`),
+    except that options in ``may_grow`` may increase (see :meth:`RunDir.reopen`).
     """
     if concurrency < 1:  # no record could ever start: the job would wait forever
         raise ValueError(f"concurrency must be >= 1, got {concurrency}")
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     with run.lock():
-        run.reopen({"job": name, **config})
+        run.reopen({"job": name, **config}, may_grow=may_grow)
         return await _run_locked(name, inputs, process, run, config, total, concurrency,
                                  progress, llms, shared_cache, max_consecutive_failures)
 

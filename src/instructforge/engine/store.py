@@ -71,24 +71,36 @@ class IdCollision(RunDirError):
 _HELD: dict[Path, list[int]] = {}
 
 
-def changed_options(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+def changed_options(old: dict[str, Any], new: dict[str, Any], *,
+                    may_grow: tuple[str, ...] = ()) -> list[str]:
     """``"key: old -> new"`` for every option that differs and changes records.
 
     Keys are dotted paths into nested options; :data:`RUN_OPTIONS` may differ, and a key
     that only one side has (an option added or removed by an upgrade) is not compared.
+    Keys in ``may_grow`` may increase (the job continues what the run holds: evolve's
+    ``rounds``), not decrease.
 
     >>> changed_options({"temperature": 0.7, "limit": 5}, {"temperature": 0.1, "limit": 50})
     ['temperature: 0.7 -> 0.1']
+    >>> changed_options({"rounds": 2}, {"rounds": 3}, may_grow=("rounds",))
+    []
     """
     a, b = _flatten(old), _flatten(json.loads(json.dumps(new, default=str)))
     out = []
     for key in sorted(a.keys() & b.keys()):
         if key.rsplit(".", 1)[-1] in RUN_OPTIONS or a[key] == b[key]:
             continue
+        if key in may_grow and _grows(a[key], b[key]):
+            continue
         if key == "input" and _same_file(a[key], b[key]):
             continue
         out.append(f"{key}: {a[key]!r} -> {b[key]!r}")
     return out
+
+
+def _grows(old: Any, new: Any) -> bool:
+    numbers = all(isinstance(v, int) and not isinstance(v, bool) for v in (old, new))
+    return numbers and new > old
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -246,18 +258,19 @@ class RunDir:
             os.close(fd)
         return None
 
-    def reopen(self, config: dict[str, Any]) -> None:
+    def reopen(self, config: dict[str, Any], *, may_grow: tuple[str, ...] = ()) -> None:
         """Start (or continue) a job with ``config`` (hold :meth:`lock` first).
 
         Raises :class:`OptionsChanged` when the run already has outputs made with options
-        that change records (see :func:`changed_options`): a rerun with other options
-        would mix records and leave ``config.yaml`` describing only the last. Otherwise
+        that change records (see :func:`changed_options`; options in ``may_grow`` may
+        increase): a rerun with other options would mix records and leave ``config.yaml``
+        describing only the last. Otherwise
         writes ``config.yaml`` and removes ``data/records.parquet``, which the job writes
         again when it finishes: it is never older than ``records.jsonl``.
         """
         old = self.read_config()
         if old is not None and self.has_outputs():
-            changed = changed_options(old, redact_urls(config))
+            changed = changed_options(old, redact_urls(config), may_grow=may_grow)
             if changed:
                 lines = "\n".join(f"  {c}" for c in changed)
                 raise OptionsChanged(

@@ -292,13 +292,20 @@ class EvolChain:
 
     async def __call__(self, seed: Record, ctx: Context) -> list[Record]:
         cfg = self.cfg
-        seed_id = seed["id"]
-        seed_text = instruction(seed)
         out: list[Record] = []
-        if cfg.keep_seeds:
-            out.append(await self._seed_record(seed, ctx))
-        member = _Member(seed_id, seed_text, [seed_text])
-        for round_no in range(1, cfg.rounds + 1):
+        if (cont := seed.get(CONTINUATION)) is not None:
+            # A chain of a finished run, continued for the rounds added since (see
+            # :func:`continuations`): the pool member is where it stopped.
+            seed = {k: v for k, v in seed.items() if k != CONTINUATION} | {"id": cont["seed_id"]}
+            member = _Member(cont["parent_id"], cont["history"][-1], cont["history"])
+            first = cont["round"] + 1
+        else:
+            seed_text = instruction(seed)
+            if cfg.keep_seeds:
+                out.append(await self._seed_record(seed, ctx))
+            member = _Member(seed["id"], seed_text, [seed_text])
+            first = 1
+        for round_no in range(first, cfg.rounds + 1):
             child, kept = await self.evolve_once(seed, member, round_no, ctx)
             out.append(child)
             if kept:
@@ -444,11 +451,13 @@ def evolve(
     total = source.validate()  # bad config or input fails before any server starts
     if cfg.keep_seeds:
         check_seed_ids(source, cfg.rounds)
+    run = RunDir(run_dir)
+    ends = chain_ends(run, cfg.rounds) if run.has_outputs() and cfg.executor == "local" else {}
     if models is not None and cfg.executor != "local":
         raise EvolError("models= objects cannot travel to Ray workers; give model specs")
     result = Job(
         cfg.method,
-        source,
+        continuations(source, ends) if ends else source,
         functools.partial(evol_job, cfg, api_key, models=models),
         config=recorded,
         total=total,
@@ -457,9 +466,58 @@ def evolve(
         executor=cfg.executor,
         shards=cfg.shards,
         num_gpus=gpus_needed(cfg.evol_llm, cfg.response_llm, cfg.judge_llm),
-    ).run(run_dir, progress=progress)
+        may_grow=("rounds",),
+    ).run(run, progress=progress)
     write_summary(run_dir)
     return result
+
+
+# The engine input that continues a finished chain: the seed record, with its id
+# ``SEED-rK+`` (K: the chain's last round) and where the chain stopped under this key.
+CONTINUATION = "continuation"
+
+
+def chain_ends(run: RunDir, rounds: int) -> dict[str, dict[str, Any]]:
+    """Where each finished chain of ``run`` stopped, for the chains with fewer than
+    ``rounds`` rounds: seed id -> ``{"round", "parent_id", "history"}`` (the last round
+    written, and the pool member the next round evolves: the last kept child, or the seed).
+
+    A chain is finished when its seed is marked done; a chain cut by a crash is resumed
+    from its seed as usual (its finished calls are in the cache), and a continuation cut by
+    one is made again from the records.
+    """
+    done: set[str] = set()
+    if run.done.exists():
+        with run.done.open(encoding="utf-8") as f:
+            done = {ln.rstrip("\n") for ln in f if ln.strip()}
+    ends: dict[str, dict[str, Any]] = {}
+    for rec in [*run.kept(), *run.dropped()]:
+        lin = rec.get("lineage") or {}
+        if rec.get("method") not in EVOLVED_METHODS or not lin.get("round") \
+                or lin.get("seed_id") is None:
+            continue  # seeds, invalid rows and inputs whose calls failed
+        end = ends.setdefault(lin["seed_id"], {"round": 0, "parent_id": lin["seed_id"],
+                                               "history": lin["history"][:1], "kept": 0})
+        end["round"] = max(end["round"], lin["round"])
+        if rec.get("status") != "rejected" and lin["round"] > end["kept"]:
+            end.update(parent_id=rec["id"], history=lin["history"], kept=lin["round"])
+    out = {}
+    for seed_id, end in ends.items():
+        if seed_id in done and end["round"] < rounds:
+            out[seed_id] = {k: end[k] for k in ("round", "parent_id", "history")}
+    return out
+
+
+def continuations(seeds: Iterable[Record], ends: dict[str, dict[str, Any]]
+                  ) -> Iterable[Record]:
+    """``seeds``, each finished chain of ``ends`` as the input that continues it."""
+    for seed in seeds:
+        end = ends.get(seed["id"])
+        if end is None or seed.get("status") == "rejected":
+            yield seed
+        else:
+            yield {**seed, "id": f"{seed['id']}-r{end['round']}+",
+                   CONTINUATION: {"seed_id": seed["id"], **end}}
 
 
 _CHILD_ID = re.compile(r"(.*)-r([1-9][0-9]*)")

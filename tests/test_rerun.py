@@ -1,0 +1,104 @@
+"""Runs reproduce from their directory: configs round-trip through config.yaml, a rerun with
+changed options is refused naming them, and the two extensions a method can honour work:
+``evolve --rounds N`` continues every chain, ``magpie -n`` adds conversations."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from test_evol_loop import ScriptedLLM, write_seeds
+
+from instructforge.engine import OptionsChanged, RunDir
+from instructforge.methods.eliminate import EliminationConfig
+from instructforge.methods.evol_instruct import EvolConfig, Models, evolve
+
+SEEDS = ["Seed one.", "Seed two.", "Seed three."]
+
+
+def _evolve(tmp_path: Path, llm: ScriptedLLM, rounds: int, run: str = "run") -> RunDir:
+    seeds = write_seeds(tmp_path / "seeds.jsonl", SEEDS)
+    cfg = EvolConfig(rounds=rounds, elimination=EliminationConfig.preset("paper"))
+    evolve(seeds, tmp_path / run, cfg, models=Models(llm, llm, llm), progress=False)
+    return RunDir(tmp_path / run)
+
+
+def _all(run: RunDir) -> list[dict]:
+    return [*run.kept(), *run.dropped()]
+
+
+def _strip(rec: dict) -> dict:
+    return {k: v for k, v in rec.items() if k != "metadata"}
+
+
+def test_more_rounds_on_a_finished_run_continue_every_chain_from_where_it_stopped(tmp_path):
+    # Seed two's round-2 child is judged equal to its parent: eliminated, so its chain's
+    # last kept child is round 1's.
+    judge = {"Seed two. +1 +2": "Equal"}
+    run = _evolve(tmp_path, ScriptedLLM(judge_reply=judge), rounds=2)
+    before = {r["id"] for r in _all(run)}
+
+    more = ScriptedLLM(judge_reply=judge)
+    _evolve(tmp_path, more, rounds=3)
+
+    records = _all(run)
+    ids = [r["id"] for r in records]
+    assert len(ids) == len(set(ids)), "a record was written twice"
+    new = {r["id"]: r for r in records if r["id"] not in before}
+    assert sorted(new) == ["s1-r3", "s2-r3", "s3-r3"]
+    # Each new round's parent is its chain's last kept child.
+    assert {i: r["lineage"]["parent_id"] for i, r in new.items()} == {
+        "s1-r3": "s1-r2", "s2-r3": "s2-r1", "s3-r3": "s3-r2"}
+    assert new["s2-r3"]["lineage"]["history"] == ["Seed two.", "Seed two. +1", "Seed two. +1 +2"]
+    # Only the new round reached the model: one evolution per chain, nothing of rounds 1-2.
+    assert more.count("evolve") == 3
+    assert all("+1 +2 +3" not in p and ("+2" in p or "Seed two. +1" in p)
+               for role, p in more.calls if role == "evolve")
+    assert json.loads((run.root / "summary.json").read_text())["per_round"][-1]["round"] == 3
+    assert run.read_config()["rounds"] == 3
+    # The same records as a run made with three rounds from the start.
+    fresh = _evolve(tmp_path, ScriptedLLM(judge_reply=judge), rounds=3, run="fresh")
+    assert sorted(map(_strip, _all(fresh)), key=lambda r: r["id"]) == \
+        sorted(map(_strip, records), key=lambda r: r["id"])
+
+
+def test_a_rerun_with_the_same_rounds_calls_nothing(tmp_path):
+    _evolve(tmp_path, ScriptedLLM(), rounds=2)
+    again = ScriptedLLM()
+    _evolve(tmp_path, again, rounds=2)
+    assert again.calls == []
+
+
+def test_fewer_rounds_or_other_options_are_refused_naming_them(tmp_path):
+    _evolve(tmp_path, ScriptedLLM(), rounds=2)
+    with pytest.raises(OptionsChanged, match=r"rounds: 2 -> 1"):
+        _evolve(tmp_path, ScriptedLLM(), rounds=1)
+    seeds = tmp_path / "seeds.jsonl"
+    llm = ScriptedLLM()
+    cfg = EvolConfig(rounds=3, seed=7, elimination=EliminationConfig.preset("paper"))
+    with pytest.raises(OptionsChanged) as e:
+        evolve(seeds, tmp_path / "run", cfg, models=Models(llm, llm, llm), progress=False)
+    assert "seed: 0 -> 7" in str(e.value) and "rounds:" not in str(e.value)
+    assert llm.calls == []
+
+
+def test_an_extension_cut_by_a_failure_is_continued_by_the_next_rerun(tmp_path):
+    run = _evolve(tmp_path, ScriptedLLM(), rounds=1)
+
+    class Failing(ScriptedLLM):
+        async def chat(self, messages, params):
+            if "Seed two. +1\n" in messages[-1]["content"]:
+                from instructforge.llm import LLMError
+                raise LLMError("server went away")
+            return await super().chat(messages, params)
+
+    _evolve(tmp_path, Failing(), rounds=2)
+    assert "s2-r2" not in {r["id"] for r in run.kept()}
+    retry = ScriptedLLM()
+    _evolve(tmp_path, retry, rounds=2)
+    assert retry.count("evolve") == 1
+    counts = Counter(r["id"] for r in _all(run))
+    assert counts["s2-r2"] == 1 and max(counts.values()) == 1
+    assert not any(r.get("rejection", {}).get("rule") == "call_failed" for r in run.dropped())
