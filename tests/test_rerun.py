@@ -4,6 +4,7 @@ changed options is refused naming them, and the two extensions a method can hono
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import Counter
 from pathlib import Path
@@ -102,3 +103,77 @@ def test_an_extension_cut_by_a_failure_is_continued_by_the_next_rerun(tmp_path):
     counts = Counter(r["id"] for r in _all(run))
     assert counts["s2-r2"] == 1 and max(counts.values()) == 1
     assert not any(r.get("rejection", {}).get("rule") == "call_failed" for r in run.dropped())
+
+
+# --- configs round-trip ---------------------------------------------------------------------
+
+def _roundtrip(tmp_path: Path, job: str, saved: dict) -> object:
+    from instructforge.methods.rerun import load_run_config
+
+    run = RunDir(tmp_path / job)
+    run.write_config({"job": job, **saved})
+    got_job, _, cfg = load_run_config(run.root)
+    assert got_job == job
+    return cfg
+
+
+def test_every_method_config_loads_from_the_config_yaml_it_writes(tmp_path):
+    from instructforge.llm.config import ModelConfig
+    from instructforge.methods.auto_evol import AutoEvolConfig, FailureConfig, evol_config
+    from instructforge.methods.filters import FilterConfig
+    from instructforge.methods.magpie import MagpieConfig
+    from instructforge.methods.respond import RespondConfig
+
+    respond_cfg = RespondConfig(llm=ModelConfig("openai:m@http://h/v1", timeout=9.0),
+                                temperature=0.2, system_prompt="Be brief.", limit=5)
+    assert _roundtrip(tmp_path, "respond", {"input": "x.jsonl", **dataclasses.asdict(
+        respond_cfg)}) == respond_cfg
+
+    evol_cfg = EvolConfig(rounds=3, operations=["deepening"], weights={"deepening": 2.0},
+                          elimination=EliminationConfig.preset("paper", ["hard_to_respond"]),
+                          judge_llm=ModelConfig("openai:j@http://h/v1"), seed=4)
+    assert _roundtrip(tmp_path, "evol_instruct", {"input": "x", **evol_cfg.to_dict()}) \
+        == evol_cfg
+
+    magpie_cfg = MagpieConfig(n=7, turns=2, categories={"math": 2.0},
+                              response_llm=ModelConfig("openai:r@http://h/v1"),
+                              filters=FilterConfig())
+    assert _roundtrip(tmp_path, "magpie", {**magpie_cfg.describe(),
+                                           "chat_template": {"name": "chatml"}}) == magpie_cfg
+
+    auto_cfg = AutoEvolConfig(evol=evol_config(rounds=2, seed=3), steps=2, candidates=2,
+                              failures=FailureConfig(stagnant_complexity=False))
+    assert _roundtrip(tmp_path, "auto_evol", {"input": "x", **auto_cfg.to_dict(),
+                                              "final_pass": {"method": "auto_evol"}}) == auto_cfg
+
+
+def test_a_run_config_with_an_unknown_option_is_refused_naming_file_and_key(tmp_path):
+    from instructforge.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"config.yaml: unknown option\(s\) temprature"):
+        _roundtrip(tmp_path, "respond", {"input": "x", "temprature": 0.1})
+
+
+def test_rerun_reproduces_an_evolve_run_and_adds_rounds(tmp_path, dev_server):
+    from instructforge.llm.config import ModelConfig
+    from instructforge.methods.rerun import rerun
+
+    seeds = write_seeds(tmp_path / "seeds.jsonl", SEEDS)
+    model = ModelConfig("dev", base_url=dev_server.url)
+    cfg = EvolConfig(rounds=1, evol_llm=model, response_llm=model, judge_llm=model,
+                     elimination=EliminationConfig.preset("paper"))
+    evolve(seeds, tmp_path / "run", cfg, progress=False)
+    served = dev_server.served
+    rerun(tmp_path / "run", progress=False)
+    assert dev_server.served == served  # finished: nothing to call
+    # Into a new directory: the same records, made again.
+    rerun(tmp_path / "run" / "config.yaml", tmp_path / "copy", progress=False)
+    assert sorted(map(_strip, _all(RunDir(tmp_path / "copy"))), key=lambda r: r["id"]) == \
+        sorted(map(_strip, _all(RunDir(tmp_path / "run"))), key=lambda r: r["id"])
+    # One more round: only its calls. The dev server's fixed answer repeats the round-1
+    # child, which is eliminated at once: one evolution per chain, nothing of round 1.
+    served = dev_server.served
+    rerun(tmp_path / "run", rounds=2, progress=False)
+    assert dev_server.served - served == 3
+    assert {r["id"] for r in _all(RunDir(tmp_path / "run"))} >= {"s1-r2", "s2-r2", "s3-r2"}
+    assert RunDir(tmp_path / "run").read_config()["rounds"] == 2
