@@ -28,6 +28,7 @@ BASE_ARGS: dict[str, list[str]] = {
     "lineage": ["missing-run", "seed-1"],
     "train": ["missing-run", "-o", "model"],
     "eval": ["-o", "ev", "--data", "missing.jsonl"],
+    "rerun": ["run"],
 }
 # Any integer is a valid seed for the commands that derive per-request seeds from it.
 UNBOUNDED = {("respond", "seed"), ("evolve", "seed"), ("auto-evol", "seed"), ("magpie", "seed")}

@@ -177,3 +177,50 @@ def test_rerun_reproduces_an_evolve_run_and_adds_rounds(tmp_path, dev_server):
     assert dev_server.served - served == 3
     assert {r["id"] for r in _all(RunDir(tmp_path / "run"))} >= {"s1-r2", "s2-r2", "s3-r2"}
     assert RunDir(tmp_path / "run").read_config()["rounds"] == 2
+
+
+# --- magpie -n ------------------------------------------------------------------------------
+
+def test_a_larger_magpie_n_adds_conversations_and_calls_only_for_them(tmp_path):
+    from test_magpie import ScriptedLLM as MagpieLLM
+    from test_magpie import _query_calls
+
+    from instructforge.methods.filters import FilterConfig
+    from instructforge.methods.magpie import MagpieConfig, magpie
+
+    def go(n: int) -> MagpieLLM:
+        llm = MagpieLLM()
+        magpie(tmp_path / "run", MagpieConfig(n=n, filters=FilterConfig(languages=None)),
+               llm=llm, progress=False)
+        return llm
+
+    go(3)
+    more = go(5)
+    run = RunDir(tmp_path / "run")
+    ids = [r["id"] for r in _all(run)]
+    assert sorted(ids) == [f"magpie-{i}" for i in range(5)]
+    assert len(_query_calls(more)) == 2  # magpie-3 and magpie-4 only
+
+
+# --- the command ----------------------------------------------------------------------------
+
+def test_the_rerun_command_grows_an_evolve_run_and_a_recipe_flag_refuses_a_run_config(
+        tmp_path, dev_server):
+    from typer.testing import CliRunner
+
+    from instructforge.cli import app
+    from instructforge.llm.config import ModelConfig
+
+    seeds = write_seeds(tmp_path / "seeds.jsonl", SEEDS)
+    model = ModelConfig("dev", base_url=dev_server.url)
+    evolve(seeds, tmp_path / "run", EvolConfig(rounds=1, evol_llm=model, response_llm=model,
+                                              judge_llm=model), progress=False)
+    runner = CliRunner()
+    res = runner.invoke(app, ["rerun", str(tmp_path / "run"), "--rounds", "2", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert {"s1-r2", "s2-r2", "s3-r2"} <= {r["id"] for r in _all(RunDir(tmp_path / "run"))}
+    res = runner.invoke(app, ["rerun", str(tmp_path / "run"), "-n", "5"])
+    assert res.exit_code == 2 and "-n applies to magpie runs" in res.output
+    res = runner.invoke(app, ["evolve", str(seeds), "-o", str(tmp_path / "x"), "--config",
+                              str(tmp_path / "run" / "config.yaml")])
+    assert res.exit_code == 2 and "instructforge rerun --config" in res.output

@@ -46,7 +46,7 @@ from instructforge.methods.auto_evol import (
     evol_config,
     load_pool,
 )
-from instructforge.methods.evol_instruct import EvolError, write_summary
+from instructforge.methods.evol_instruct import EvolError, read_summary
 
 _SPEC_HELP = ("Model spec: 'embedded' (SmolLM2-135M on CPU, a smoke-test model), "
               "'embedded:qwen2.5-coder-1.5b' (stronger, CPU), a .gguf path, 'openai:MODEL@URL', "
@@ -211,7 +211,7 @@ def auto_evol_cmd(
     console.print(f"method history: {Path(output) / 'methods'}", highlight=False)
     if result.evolution is not None:
         print_usage(result.evolution.usage)
-        print_summary(write_summary(output))
+        print_summary(read_summary(output))
         console.print(result.evolution.summary(), highlight=False)
         exit_if_incomplete(result.evolution)
 

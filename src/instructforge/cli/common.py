@@ -59,6 +59,9 @@ def load_recipe(ctx: click.Context, param: click.Parameter, value: Path | None) 
         raise typer.BadParameter(f"{value}:{where}: invalid YAML: {e}") from None
     if not isinstance(data, dict):
         raise typer.BadParameter(f"{value}: a recipe must be a mapping of option: value")
+    if isinstance(data.get("job"), str) and ctx.command.name != "rerun":
+        raise typer.BadParameter(f"{value} is a run's config.yaml, not a recipe; reproduce the "
+                                 f"run with: instructforge rerun --config {value} -o NEW_RUN_DIR")
     names = {p.name for p in ctx.command.params if p.name}
     defaults: dict[str, Any] = {}
     for key, v in data.items():

@@ -43,8 +43,8 @@ from instructforge.methods.evol_instruct import (
     chain_records,
     load_operations,
     parse_weights,
+    read_summary,
     select_operations,
-    write_summary,
 )
 from instructforge.methods.evol_instruct import evolve as run_evolve
 
@@ -190,7 +190,7 @@ def evolve_cmd(
         print_error(e)
         raise typer.Exit(2) from None
     print_usage(result.usage)
-    print_summary(write_summary(output))
+    print_summary(read_summary(output))
     console.print(result.summary(), highlight=False)
     console.print(f"summary: {Path(output) / 'summary.json'}", highlight=False)
     exit_if_incomplete(result)

@@ -648,6 +648,12 @@ def write_summary(run_dir: str | Path) -> dict[str, Any]:
     return summary
 
 
+def read_summary(run_dir: str | Path) -> dict[str, Any]:
+    """The ``summary.json`` :func:`evolve` wrote (computed again if it is missing)."""
+    path = Path(run_dir) / "summary.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else summarise(run_dir)
+
+
 def chain_records(run_dir: str | Path, record_id: str) -> list[Record]:
     """Every record of the chain ``record_id`` belongs to (a seed id or a child id), kept
     and eliminated, in round order (the seed first when it was kept).
