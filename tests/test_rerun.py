@@ -224,3 +224,31 @@ def test_the_rerun_command_grows_an_evolve_run_and_a_recipe_flag_refuses_a_run_c
     res = runner.invoke(app, ["evolve", str(seeds), "-o", str(tmp_path / "x"), "--config",
                               str(tmp_path / "run" / "config.yaml")])
     assert res.exit_code == 2 and "instructforge rerun --config" in res.output
+
+
+# --- one plan, one default ------------------------------------------------------------------
+
+def test_the_dry_run_plan_is_the_librarys_estimate(tmp_path):
+    from typer.testing import CliRunner
+
+    from instructforge.cli import app
+    from instructforge.methods import auto_evol, evol_instruct
+
+    seeds = write_seeds(tmp_path / "seeds.jsonl", SEEDS)
+    plan = evol_instruct.estimate(seeds, EvolConfig(rounds=2))
+    assert (plan["seeds"], plan["llm_calls_at_most"]) == (3, 3 * 2 * 5)
+    res = CliRunner().invoke(app, ["evolve", str(seeds), "-o", str(tmp_path / "r"), "--rounds",
+                                   "2", "--dry-run"], terminal_width=200)
+    assert res.exit_code == 0 and f"{plan['llm_calls_at_most']}" in res.output
+    assert auto_evol.estimate(seeds)["instructions"] == 3
+
+
+def test_auto_evol_plays_every_role_with_the_evol_model_unless_told_otherwise():
+    from instructforge.llm.config import ModelConfig
+    from instructforge.methods.auto_evol import evol_config
+
+    model = ModelConfig("openai:big@http://h/v1")
+    cfg = evol_config(evol_llm=model)
+    assert cfg.response_llm == model and cfg.judge_llm == model
+    judge = ModelConfig("openai:judge@http://h/v1")
+    assert evol_config(evol_llm=model, judge_llm=judge).judge_llm == judge

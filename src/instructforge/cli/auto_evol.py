@@ -4,7 +4,7 @@ then Evol-Instruct over the whole dataset with the best method found."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.table import Table
@@ -43,8 +43,8 @@ from instructforge.methods.auto_evol import (
     FailureConfig,
     SearchResult,
     auto_evolve,
+    estimate,
     evol_config,
-    load_pool,
 )
 from instructforge.methods.evol_instruct import EvolError, read_summary
 
@@ -176,8 +176,8 @@ def auto_evol_cmd(
         # What the search shares with Evol-Instruct (and the final pass runs) ...
         evol = evol_config(
             evol_llm=model(evol_model),
-            response_llm=model(response_model or evol_model),
-            judge_llm=model(judge_model or evol_model),
+            **({"response_llm": model(response_model)} if response_model else {}),
+            **({"judge_llm": model(judge_model)} if judge_model else {}),
             rounds=rounds, seed=seed,
             elimination=el.EliminationConfig.preset(
                 rules, [r for r in disabled if r in el.ALL_RULES]),
@@ -200,7 +200,7 @@ def auto_evol_cmd(
         )
         cfg.check()
         if dry_run:
-            print_plan(_plan(input, len(load_pool(input, cfg)), cfg))
+            print_plan(estimate(input, cfg))
             return
         result = auto_evolve(input, output, cfg, api_key=api_key, progress=progress,
                              log=lambda msg: console.print(msg, highlight=False))
@@ -214,26 +214,6 @@ def auto_evol_cmd(
         print_summary(read_summary(output))
         console.print(result.evolution.summary(), highlight=False)
         exit_if_incomplete(result.evolution)
-
-
-def _plan(input: str, n: int, cfg: AutoEvolConfig) -> dict[str, Any]:
-    e = cfg.evol
-    dev = min(cfg.dev_size, n)
-    per_dev = 3  # evolve, judge, respond
-    per_step = (cfg.batch_size * cfg.trajectory_steps + cfg.batch_size + cfg.candidates
-                + cfg.candidates * dev * per_dev)
-    return {
-        "input": input,
-        "instructions": n,
-        "dev_set": dev,
-        "steps": cfg.steps,
-        "candidates_per_step": cfg.candidates,
-        "models": f"evol={e.evol_llm.model} optimizer={cfg.optimizer_llm.model} "
-                  f"response={e.response_llm.model} judge={e.judge_llm.model}",
-        "search_llm_calls_at_most": dev * per_dev + cfg.steps * per_step,
-        "evolution_rounds": e.rounds,
-        "evolution_llm_calls_at_most": n * e.rounds * 3,
-    }
 
 
 def print_search(found: SearchResult) -> None:

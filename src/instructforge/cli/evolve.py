@@ -34,17 +34,15 @@ from instructforge.cli.common import (
     print_usage,
     terminal_text,
 )
-from instructforge.inputs import InstructionSource
 from instructforge.llm.config import ModelConfig
 from instructforge.methods import eliminate as el
 from instructforge.methods.evol_instruct import (
     EvolConfig,
     EvolError,
     chain_records,
-    load_operations,
+    estimate,
     parse_weights,
     read_summary,
-    select_operations,
 )
 from instructforge.methods.evol_instruct import evolve as run_evolve
 
@@ -178,12 +176,8 @@ def evolve_cmd(
             executor=executor,
             shards=shards,
         )
-        names, _ = select_operations(load_operations(cfg.ops_dir), cfg.operations, cfg.weights)
         if dry_run:
-            source = InstructionSource(input, column=column, skip_invalid=skip_invalid,
-                                       limit=limit)
-            n = source.validate()
-            print_plan(_plan(input, n, cfg, names))
+            print_plan(estimate(input, cfg))
             return
         result = run_evolve(input, output, cfg, api_key=api_key, progress=progress)
     except EvolError as e:
@@ -194,24 +188,6 @@ def evolve_cmd(
     console.print(result.summary(), highlight=False)
     console.print(f"summary: {Path(output) / 'summary.json'}", highlight=False)
     exit_if_incomplete(result)
-
-
-def _plan(input: str, n: int, cfg: EvolConfig, names: list[str]) -> dict[str, Any]:
-    judges = sum(getattr(cfg.elimination, r) for r in
-                 (el.NO_INFORMATION_GAIN, el.NOT_AN_INSTRUCTION, el.LOST_THE_TASK))
-    per_round = 1 + judges + 1  # evolve, judges, respond
-    return {
-        "input": input,
-        "seeds": n,
-        "rounds": cfg.rounds,
-        "operations": ", ".join(names),
-        "models": f"evol={cfg.evol_llm.model} response={cfg.response_llm.model} "
-                  f"judge={cfg.judge_llm.model}",
-        "llm_calls_at_most": n * cfg.rounds * per_round + (n if cfg.keep_seeds else 0),
-        "completion_tokens_max": n * cfg.rounds * (
-            cfg.evol_max_tokens + cfg.response_max_tokens + judges * cfg.judge_max_tokens
-        ),
-    }
 
 
 def print_summary(summary: dict[str, Any]) -> None:

@@ -626,11 +626,19 @@ def evol_config(**overrides: Any) -> EvolConfig:
     """Evol-Instruct's config with Auto Evol-Instruct's defaults (see :data:`EVOL_DEFAULTS`),
     then ``overrides``: what :class:`AutoEvolConfig` embeds as ``evol``. ``rounds`` is the
     number of final Evol-Instruct rounds over the whole dataset with e* (0: search only).
+    The response and judge models default to the evol model: one model plays every role
+    unless another is named.
 
-    >>> c = evol_config(seed=3)
+    >>> c = evol_config(seed=3, evol_llm=ModelConfig("openai:m@http://h/v1"))
     >>> (c.rounds, c.evol_max_tokens, c.response_max_tokens, c.method, c.seed)
     (1, 192, 128, 'auto_evol', 3)
+    >>> c.judge_llm.model
+    'openai:m@http://h/v1'
     """
+    evol_llm = overrides.get("evol_llm")
+    if evol_llm is not None:
+        overrides = {"response_llm": replace(evol_llm), "judge_llm": replace(evol_llm),
+                     **overrides}
     return EvolConfig(**{**EVOL_DEFAULTS, **overrides})
 
 
@@ -1160,6 +1168,31 @@ async def _run_search(searcher: MethodSearch, run_dir: Path, cfg: AutoEvolConfig
             shared.close()
     result.usage = usage
     return result
+
+
+def estimate(input_path: str | Path, config: AutoEvolConfig | None = None) -> dict[str, Any]:
+    """What :func:`auto_evolve` would do and cost at most, without calling anything (the
+    CLI's ``--dry-run``)."""
+    cfg = config or AutoEvolConfig()
+    cfg.check()
+    n = len(load_pool(input_path, cfg))
+    e = cfg.evol
+    dev = min(cfg.dev_size, n)
+    per_dev = 3  # evolve, judge, respond
+    per_step = (cfg.batch_size * cfg.trajectory_steps + cfg.batch_size + cfg.candidates
+                + cfg.candidates * dev * per_dev)
+    return {
+        "input": str(input_path),
+        "instructions": n,
+        "dev_set": dev,
+        "steps": cfg.steps,
+        "candidates_per_step": cfg.candidates,
+        "models": f"evol={e.evol_llm.model} optimizer={cfg.optimizer_llm.model} "
+                  f"response={e.response_llm.model} judge={e.judge_llm.model}",
+        "search_llm_calls_at_most": dev * per_dev + cfg.steps * per_step,
+        "evolution_rounds": e.rounds,
+        "evolution_llm_calls_at_most": n * e.rounds * 3,
+    }
 
 
 @dataclass

@@ -520,6 +520,30 @@ def continuations(seeds: Iterable[Record], ends: dict[str, dict[str, Any]]
                    CONTINUATION: {"seed_id": seed["id"], **end}}
 
 
+def estimate(input_path: str | Path, config: EvolConfig | None = None) -> dict[str, Any]:
+    """What :func:`evolve` would do and cost at most, without calling anything (the CLI's
+    ``--dry-run``). Checks the config and the input as :func:`evolve` does."""
+    cfg = config or EvolConfig()
+    names, _ = select_operations(load_operations(cfg.ops_dir), cfg.operations, cfg.weights)
+    n = InstructionSource(input_path, column=cfg.column, skip_invalid=cfg.skip_invalid,
+                          limit=cfg.limit).validate()
+    judges = sum(getattr(cfg.elimination, r) for r in
+                 (el.NO_INFORMATION_GAIN, el.NOT_AN_INSTRUCTION, el.LOST_THE_TASK))
+    per_round = 1 + judges + 1  # evolve, judges, respond
+    return {
+        "input": str(input_path),
+        "seeds": n,
+        "rounds": cfg.rounds,
+        "operations": ", ".join(names),
+        "models": f"evol={cfg.evol_llm.model} response={cfg.response_llm.model} "
+                  f"judge={cfg.judge_llm.model}",
+        "llm_calls_at_most": n * cfg.rounds * per_round + (n if cfg.keep_seeds else 0),
+        "completion_tokens_max": n * cfg.rounds * (
+            cfg.evol_max_tokens + cfg.response_max_tokens + judges * cfg.judge_max_tokens
+        ),
+    }
+
+
 _CHILD_ID = re.compile(r"(.*)-r([1-9][0-9]*)")
 
 
