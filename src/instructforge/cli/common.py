@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import functools
-import json
 import re
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -242,6 +240,3 @@ def print_usage(usage: dict[str, Any]) -> None:
                       str(u["prompt_tokens"]), str(u["completion_tokens"]))
     console.print(t)
 
-
-def dump_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2) + "\n")

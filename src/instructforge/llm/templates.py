@@ -139,11 +139,6 @@ class ChatTemplate:
         toks = special_tokens_in("".join(parts))
         return tuple(dict.fromkeys([*toks, *self.extra_special_tokens]))
 
-    @property
-    def supports_system(self) -> bool:
-        """Whether the layout has a system turn of its own (else system text joins turn one)."""
-        return self.system_open is not None
-
     # -- rendering ------------------------------------------------------------------------------
     def render(self, messages: list[Message], *, use_default_system: bool = True,
                bos: bool = True) -> str:

@@ -17,7 +17,6 @@ import hashlib
 import re
 import unicodedata
 import zlib
-from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -367,11 +366,3 @@ class TextFilters:
         if self.config.near_dedup and self.near is not None:
             self.near.add(text, record_id)
 
-
-def word_counts(texts: Iterable[str]) -> Counter[str]:
-    """How often each first word opens a text (a quick diversity check for reports).
-
-    >>> word_counts(["I am", "I was", "What is"]).most_common(1)
-    [('i', 2)]
-    """
-    return Counter((normalise(t).split() or [""])[0] for t in texts)
