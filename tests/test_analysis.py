@@ -18,7 +18,6 @@ from typer.testing import CliRunner
 
 from instructforge.analysis.analyze import AnalyzeConfig, analyze, elimination_table, output_paths
 from instructforge.analysis.dataset import DatasetError, load_dataset
-from instructforge.analysis.dedup import embedding_duplicates, exact_duplicates, minhash_duplicates
 from instructforge.analysis.embeddings import coverage, nearest_neighbours, project_2d
 from instructforge.analysis.filter import FilterConfig, FilterError, filter_dataset
 from instructforge.analysis.judge import JudgeConfig, judge_records, judge_usage
@@ -38,12 +37,13 @@ from instructforge.analysis.ratings import (
 from instructforge.analysis.tags import (
     TAGS_SCHEMA,
     complexity_diversity,
-    normalize_tag,
+    normalise_tag,
     parse_tags,
     tag,
     tag_result,
 )
 from instructforge.cli import app
+from instructforge.dedup import embedding_duplicates, exact_duplicates, minhash_duplicates
 from instructforge.engine import RunDir, write_parquet
 from instructforge.llm.base import LLM, Completion, SamplingParams
 from instructforge.records import new_record
@@ -329,11 +329,11 @@ def test_free_text_ratings_are_read_from_a_label_alone_on_the_first_line(kind, t
 
 
 def test_tag_normalisation_merges_spellings():
-    assert normalize_tag("Data_Analysis") == normalize_tag("data-analysis") == "data analysis"
-    assert normalize_tag("Word Problems") == "word problem"
-    assert normalize_tag("Queries") == "query"
-    assert normalize_tag("analyses") == "analysis"
-    assert normalize_tag("class") == "class"
+    assert normalise_tag("Data_Analysis") == normalise_tag("data-analysis") == "data analysis"
+    assert normalise_tag("Word Problems") == "word problem"
+    assert normalise_tag("Queries") == "query"
+    assert normalise_tag("analyses") == "analysis"
+    assert normalise_tag("class") == "class"
 
 
 @pytest.mark.parametrize("text,expected", [

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 SCHEMA_VERSION = 1
@@ -75,6 +76,15 @@ def response(record: Record) -> str:
         if m.get("role") == "assistant":
             return m.get("content") or ""
     return ""
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """Why a text was dropped (the fields of a record's ``rejection``)."""
+
+    rule: str
+    reason: str
+    evidence: Any = None
 
 
 def rejected(record: Record, *, stage: str, rule: str, reason: str, evidence: Any = None) -> Record:

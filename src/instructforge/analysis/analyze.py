@@ -23,7 +23,6 @@ from typing import Any
 import numpy as np
 
 from instructforge.analysis.dataset import Dataset, load_dataset
-from instructforge.analysis.dedup import embedding_duplicates, exact_duplicates, minhash_duplicates
 from instructforge.analysis.judge import (
     JudgeConfig,
     Verdict,
@@ -36,6 +35,13 @@ from instructforge.analysis.judge import (
 from instructforge.analysis.lengths import TokenCounter, length_table, summarize
 from instructforge.analysis.ratings import DIFFICULTY_SCALE, QUALITY_SCALE, TASK_CATEGORIES
 from instructforge.analysis.tags import complexity_diversity, top_tags
+from instructforge.dedup import (
+    EMBEDDING_THRESHOLD,
+    NEAR_DUP_THRESHOLD,
+    embedding_duplicates,
+    exact_duplicates,
+    minhash_duplicates,
+)
 from instructforge.llm.base import LLM
 from instructforge.records import Record, instruction, response, stable_id
 
@@ -53,8 +59,8 @@ class AnalyzeConfig:
     embedding_model: str | None = None
     projection: str = "tsne"  # tsne | umap | pca
     max_embed: int | None = 20_000  # larger sets are sampled for embeddings and the map
-    duplicate_threshold: float = 0.95  # cosine similarity of embedding near-duplicates
-    minhash_threshold: float = 0.8
+    embedding_threshold: float = EMBEDDING_THRESHOLD  # cosine similarity of embedding near-duplicates
+    near_dup_threshold: float = NEAR_DUP_THRESHOLD
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     judge_limit: int | None = None  # judge only a sample of this many records
     report: bool = True
@@ -168,7 +174,7 @@ def analyze(
 
     # Duplicates by text (cheap, on everything).
     exact = exact_duplicates(ins)
-    minhash = minhash_duplicates(ins, threshold=cfg.minhash_threshold)
+    minhash = minhash_duplicates(ins, threshold=cfg.near_dup_threshold)
     for i, (j, _) in exact.items():
         rows[i]["exact_duplicate_of"] = ids[j]
     for i, (j, sim) in minhash.items():
@@ -178,7 +184,7 @@ def analyze(
     metrics["duplicates"] = {
         "exact": {"count": len(exact), "share": round(len(exact) / n, 4)},
         "minhash": {"count": len(minhash), "share": round(len(minhash) / n, 4),
-                    "threshold": cfg.minhash_threshold},
+                    "threshold": cfg.near_dup_threshold},
     }
 
     # Embeddings, the 2-D map and coverage.
@@ -212,18 +218,18 @@ def analyze(
             if not np.isnan(dist[k]):
                 rows[i]["nn_distance"] = round(float(dist[k]), 4)
                 rows[i]["nearest"] = ids[embedded_idx[int(nn[k])]]
-        edups = embedding_duplicates(vectors, threshold=cfg.duplicate_threshold)
+        edups = embedding_duplicates(vectors, threshold=cfg.embedding_threshold)
         for k, (j, sim) in edups.items():
             rows[embedded_idx[k]]["embedding_duplicate_of"] = ids[embedded_idx[j]]
             rows[embedded_idx[k]]["embedding_similarity"] = sim
         metrics["embeddings"] = {
             "model": cfg.embedding_model or DEFAULT_MODEL, "projection": cfg.projection,
             "sampled": len(embedded_idx) < len(records),
-            **coverage(vectors, duplicate_threshold=cfg.duplicate_threshold),
+            **coverage(vectors, duplicate_threshold=cfg.embedding_threshold),
         }
         metrics["duplicates"]["embedding"] = {
             "count": len(edups), "share": round(len(edups) / max(1, len(embedded_idx)), 4),
-            "threshold": cfg.duplicate_threshold, "of": len(embedded_idx)}
+            "threshold": cfg.embedding_threshold, "of": len(embedded_idx)}
     else:
         metrics["embeddings"] = {"skipped": "disabled" if records else "no records"}
 

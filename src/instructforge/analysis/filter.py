@@ -28,7 +28,6 @@ from typing import Any
 
 from instructforge.analysis.analyze import output_paths
 from instructforge.analysis.dataset import Dataset, load_dataset
-from instructforge.analysis.dedup import embedding_duplicates, exact_duplicates, minhash_duplicates
 from instructforge.analysis.judge import (
     JudgeConfig,
     Verdict,
@@ -37,6 +36,13 @@ from instructforge.analysis.judge import (
     verdict_from_metadata,
 )
 from instructforge.analysis.ratings import DIFFICULTY_SCALE, QUALITY_SCALE, match_category
+from instructforge.dedup import (
+    EMBEDDING_THRESHOLD,
+    NEAR_DUP_THRESHOLD,
+    embedding_duplicates,
+    exact_duplicates,
+    minhash_duplicates,
+)
 from instructforge.engine import RunDir, partial_path, write_parquet
 from instructforge.llm.base import LLM
 from instructforge.records import Record, instruction, rejected
@@ -58,8 +64,8 @@ class FilterConfig:
     max_difficulty: str | None = None
     categories: Sequence[str] = ()  # keep only these task categories (empty: all)
     dedup: Sequence[str] = ()  # any of "exact", "minhash", "embedding", in that order
-    minhash_threshold: float = 0.8
-    embedding_threshold: float = 0.95
+    near_dup_threshold: float = NEAR_DUP_THRESHOLD
+    embedding_threshold: float = EMBEDDING_THRESHOLD
     embedding_model: str | None = None
     instruction_field: str | None = None
     response_field: str | None = None
@@ -169,10 +175,10 @@ def deduplicate(
             continue
         texts = [instruction(r) for r in kept]
         if kind == "exact":
-            dups, what = exact_duplicates(texts), "the same text (after normalising case and spaces)"
+            dups, what = exact_duplicates(texts), "the same text (after normalising case, punctuation and spaces)"
         elif kind == "minhash":
-            dups = minhash_duplicates(texts, threshold=cfg.minhash_threshold)
-            what = f"MinHash Jaccard >= {cfg.minhash_threshold}"
+            dups = minhash_duplicates(texts, threshold=cfg.near_dup_threshold)
+            what = f"MinHash Jaccard >= {cfg.near_dup_threshold}"
         else:
             if embed_fn is None:
                 from instructforge.analysis.embeddings import embed
