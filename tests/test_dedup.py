@@ -7,7 +7,7 @@ import json
 from typer.testing import CliRunner
 
 from instructforge.analysis.analyze import AnalyzeConfig
-from instructforge.analysis.filter import FilterConfig as RatingFilterConfig
+from instructforge.analysis.filter import DatasetFilterConfig
 from instructforge.cli import app
 from instructforge.dedup import (
     NEAR_DUP_THRESHOLD,
@@ -42,7 +42,7 @@ def test_the_batch_and_the_live_near_duplicate_checks_agree():
 
 def test_every_command_has_the_same_default_near_duplicate_threshold():
     assert (MagpieFilterConfig().near_dup_threshold == AnalyzeConfig().near_dup_threshold
-            == RatingFilterConfig().near_dup_threshold == NEAR_DUP_THRESHOLD)
+            == DatasetFilterConfig().near_dup_threshold == NEAR_DUP_THRESHOLD)
 
 
 def test_analyze_and_filter_name_the_embedding_threshold_alike():

@@ -41,5 +41,5 @@ def test_a_wrong_docstring_example_fails(tmp_path, monkeypatch) -> None:
 def test_the_package_has_examples_that_run() -> None:
     attempted = sum(run_doctests(name).attempted for name in ("instructforge.records",
                                                                 "instructforge.inputs",
-                                                                "instructforge.analysis.dedup"))
+                                                                "instructforge.dedup"))
     assert attempted > 0

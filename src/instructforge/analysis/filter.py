@@ -10,7 +10,7 @@ The new run directory holds ``data/records.jsonl`` (+ Parquet), ``rejected.jsonl
 source's rejected rows, then this filter's, each with stage ``filter``, rule and reason),
 ``config.yaml`` and the source's ``usage.json``.
 
->>> cfg = FilterConfig(min_quality="good", dedup=("exact", "minhash"))
+>>> cfg = DatasetFilterConfig(min_quality="good", dedup=("exact", "minhash"))
 >>> result = filter_dataset("runs/demo", "runs/demo-clean", cfg)   # doctest: +SKIP
 >>> result.kept, result.rejected_by_rule                           # doctest: +SKIP
 (96, {'min_quality': 12, 'exact_duplicate': 3})
@@ -56,7 +56,7 @@ class FilterError(ValueError):
 
 
 @dataclass
-class FilterConfig:
+class DatasetFilterConfig:
     """Which rows ``filter_dataset`` keeps."""
 
     min_quality: str | None = None  # a QUALITY_SCALE label
@@ -118,10 +118,10 @@ class FilterResult:
                f"-> {self.run_dir}"
 
 
-def rating_rejection(record: Record, verdict: Verdict | None, cfg: FilterConfig) -> Record | None:
+def rating_rejection(record: Record, verdict: Verdict | None, cfg: DatasetFilterConfig) -> Record | None:
     """The rejected copy of ``record`` when its ratings fail ``cfg`` (None when it passes).
 
-    >>> cfg = FilterConfig(min_quality="good")
+    >>> cfg = DatasetFilterConfig(min_quality="good")
     >>> v = {"ratings": {"quality": {"label": "poor", "score": 2, "status": "ok"}}}
     >>> rating_rejection({"id": "a", "messages": []}, v, cfg)["rejection"]["rule"]
     'min_quality'
@@ -157,14 +157,14 @@ def rating_rejection(record: Record, verdict: Verdict | None, cfg: FilterConfig)
 
 
 def deduplicate(
-    records: Sequence[Record], cfg: FilterConfig, *, embed_fn: Any = None
+    records: Sequence[Record], cfg: DatasetFilterConfig, *, embed_fn: Any = None
 ) -> tuple[list[Record], list[Record]]:
     """``(kept, rejected)`` after the dedup kinds of ``cfg``, each run on what the previous
     one kept.  ``embed_fn(texts) -> array`` replaces the embedding model (tests).
 
     >>> recs = [{"id": i, "messages": [{"role": "user", "content": t}]}
     ...         for i, t in enumerate(["Hi there.", "hi  there.", "Bye."])]
-    >>> kept, dropped = deduplicate(recs, FilterConfig(dedup=("exact",)))
+    >>> kept, dropped = deduplicate(recs, DatasetFilterConfig(dedup=("exact",)))
     >>> [r["id"] for r in kept], dropped[0]["rejection"]["evidence"]
     ([0, 2], {'duplicate_of': 0, 'similarity': 1.0})
     """
@@ -201,7 +201,7 @@ def deduplicate(
 def filter_dataset(
     source: str | Path | Dataset,
     out_dir: str | Path,
-    config: FilterConfig | None = None,
+    config: DatasetFilterConfig | None = None,
     *,
     judge_llm: LLM | None = None,
     progress: bool = True,
@@ -213,7 +213,7 @@ def filter_dataset(
     and no ``judge_llm`` is given, or when ``out_dir`` already holds data. The output is
     built in ``OUT.partial`` and renamed when complete (see :func:`partial_path`).
     """
-    cfg = config or FilterConfig()
+    cfg = config or DatasetFilterConfig()
     ds = source if isinstance(source, Dataset) else load_dataset(
         source, instruction_field=cfg.instruction_field, response_field=cfg.response_field,
         id_field=cfg.id_field)

@@ -13,7 +13,12 @@ from rich.table import Table
 
 from instructforge.analysis.analyze import AnalyzeConfig, analyze
 from instructforge.analysis.dataset import DatasetError
-from instructforge.analysis.filter import DEDUP_KINDS, FilterConfig, FilterError, filter_dataset
+from instructforge.analysis.filter import (
+    DEDUP_KINDS,
+    DatasetFilterConfig,
+    FilterError,
+    filter_dataset,
+)
 from instructforge.analysis.judge import JudgeConfig
 from instructforge.analysis.ratings import RATINGS
 from instructforge.cli.common import (
@@ -291,7 +296,7 @@ def filter_cmd(
     Example: [bold]instructforge filter runs/demo -o runs/demo-clean --min-quality good
     --dedup exact,minhash,embedding[/bold]
     """
-    cfg = FilterConfig(
+    cfg = DatasetFilterConfig(
         min_quality=min_quality, min_difficulty=min_difficulty, max_difficulty=max_difficulty,
         categories=tuple(category or ()), dedup=_split(dedup),
         near_dup_threshold=_renamed(near_dup_threshold, minhash_threshold, "--minhash-threshold",
