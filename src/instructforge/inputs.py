@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from instructforge.errors import InstructForgeError
 from instructforge.records import IdIndex, Record, id_problem, new_record, rejected
 
 SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
@@ -36,7 +37,7 @@ def _not_utf8(e: UnicodeDecodeError, start: int) -> str:
             f"({e.reason})")
 
 
-class InputError(ValueError):
+class InputError(InstructForgeError, ValueError):
     """Bad input, with every problem located (file, line/row, field)."""
 
     def __init__(self, problems: list[str], total_bad: int | None = None) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from instructforge.errors import InstructForgeError
 from instructforge.records import Record, new_record
 
 # Common column names in public datasets, tried in order when the caller names none.
@@ -30,7 +31,7 @@ ROLE_ALIASES = {"human": "user", "user": "user", "gpt": "assistant", "assistant"
                 "system": "system", "bot": "assistant", "model": "assistant"}
 
 
-class DatasetError(ValueError):
+class DatasetError(InstructForgeError, ValueError):
     """A dataset file could not be read; the message names the file, line and field."""
 
 

@@ -44,6 +44,7 @@ from instructforge.dedup import (
     minhash_duplicates,
 )
 from instructforge.engine import RunDir, partial_path, write_parquet
+from instructforge.errors import InstructForgeError
 from instructforge.llm.base import LLM
 from instructforge.records import Record, instruction, rejected
 
@@ -51,7 +52,7 @@ DEDUP_KINDS = ("exact", "minhash", "embedding")
 STAGE = "filter"
 
 
-class FilterError(ValueError):
+class FilterError(InstructForgeError, ValueError):
     """The filter cannot run as asked (bad threshold, missing ratings, output exists)."""
 
 

@@ -12,11 +12,9 @@ import typer
 from rich.table import Table
 
 from instructforge.analysis.analyze import AnalyzeConfig, analyze
-from instructforge.analysis.dataset import DatasetError
 from instructforge.analysis.filter import (
     DEDUP_KINDS,
     DatasetFilterConfig,
-    FilterError,
     filter_dataset,
 )
 from instructforge.analysis.judge import JudgeConfig
@@ -36,6 +34,7 @@ from instructforge.cli.common import (
     print_error,
 )
 from instructforge.dedup import EMBEDDING_THRESHOLD, NEAR_DUP_THRESHOLD
+from instructforge.errors import InstructForgeError
 from instructforge.llm.base import LLM
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -100,13 +99,16 @@ def _renamed(value: float, old_value: float | None, old: str, new: str) -> float
 
 
 def _analysis_errors(fn: F) -> F:
-    """Dataset, filter and missing-extra problems as one clear line and exit code 2."""
+    """Bad values the libraries reject with a plain ``ValueError`` and a missing extra, as
+    one clear line and exit code 2 (the project's own errors are ``handle_errors``')."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (DatasetError, FilterError, ValueError) as e:
+        except InstructForgeError:
+            raise
+        except ValueError as e:
             print_error(e)
             raise typer.Exit(2) from None
         except RuntimeError as e:  # e.g. the analysis extra is not installed

@@ -31,6 +31,7 @@ import jinja2
 from jinja2.ext import loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from instructforge.errors import InstructForgeError
 from instructforge.llm.base import LLM, Message
 
 __all__ = [
@@ -49,7 +50,7 @@ __all__ = [
 ]
 
 
-class TemplateError(ValueError):
+class TemplateError(InstructForgeError, ValueError):
     """A chat template is unknown or cannot be read; the message says what to do."""
 
 

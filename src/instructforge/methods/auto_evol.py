@@ -52,6 +52,7 @@ from typing import Any
 import jinja2
 
 from instructforge.engine import Context, JobResult, RequestCache, RunDir, preflight
+from instructforge.errors import InstructForgeError
 from instructforge.inputs import InstructionSource
 from instructforge.llm import LLM, Completion, Message, RawCompletionUnsupported, SamplingParams
 from instructforge.llm.urls import redact_urls
@@ -82,7 +83,7 @@ AUTO_EVOL_PROMPT_PATTERNS: tuple[str, ...] = (
 )
 
 
-class AutoEvolError(ValueError):
+class AutoEvolError(InstructForgeError, ValueError):
     """A configuration or method-file problem, explained."""
 
 

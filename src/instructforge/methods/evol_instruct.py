@@ -37,6 +37,7 @@ import jinja2
 import jinja2.meta
 
 from instructforge.engine import Context, JobResult, RunDir, run_job
+from instructforge.errors import InstructForgeError
 from instructforge.inputs import InputError, InstructionSource
 from instructforge.llm import LLM, Completion, SamplingParams
 from instructforge.methods import eliminate as el
@@ -58,7 +59,7 @@ IN_DEPTH = ("add_constraints", "deepening", "concretizing", "increased_reasoning
 IN_BREADTH = ("in_breadth",)
 
 
-class EvolError(ValueError):
+class EvolError(InstructForgeError, ValueError):
     """A configuration problem (unknown operation, bad weight, bad template), explained."""
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from instructforge.engine import Context, run_job
+from instructforge.errors import InstructForgeError
 from instructforge.llm import LLM, SamplingParams, make_llm
 from instructforge.llm.urls import redact_urls
 from instructforge.records import Record, new_record, stable_id, stable_seed
@@ -53,7 +54,7 @@ QUESTION_FIELDS = ("question", "instruction", "prompt", "turns")
 ID_FIELDS = ("id", "question_id", "task_id")
 
 
-class EvalError(ValueError):
+class EvalError(InstructForgeError, ValueError):
     """Bad evaluation input (data file, task or options), with the file/line/field at fault."""
 
 

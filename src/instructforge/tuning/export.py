@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from instructforge.engine.store import partial_path, unfinished_problem
+from instructforge.errors import InstructForgeError
 from instructforge.records import Record
 
 FORMATS = ("messages", "alpaca", "sharegpt")
@@ -33,7 +34,7 @@ ROLES = ("system", "user", "assistant")
 SHAREGPT_ROLES = {"system": "system", "user": "human", "assistant": "gpt"}
 
 
-class ExportError(ValueError):
+class ExportError(InstructForgeError, ValueError):
     """A records file that cannot be exported, with the file, line and field at fault."""
 
 
