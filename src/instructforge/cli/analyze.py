@@ -40,7 +40,7 @@ from instructforge.llm.base import LLM
 F = TypeVar("F", bound=Callable[..., Any])
 
 SourceArg = Annotated[
-    Path, typer.Argument(help="A run directory, or a .jsonl / .json / .parquet dataset.")
+    Path, typer.Argument(help="A run directory, or a .jsonl / .json / .parquet / .csv dataset.")
 ]
 InstructionFieldOpt = Annotated[
     str | None, typer.Option("--instruction-field",
