@@ -57,3 +57,12 @@ def test_a_bad_line_is_located_by_the_one_reader(tmp_path):
     assert [r.line for r in rows] == [1, 2, 3]
     assert rows[1].problem.startswith("not UTF-8 text: byte 0xff")
     assert "the last record is cut short" in rows[2].problem
+
+
+def test_eval_reads_its_question_file_with_the_same_reader(tmp_path):
+    from instructforge.tuning.eval import load_items
+
+    src = tmp_path / "q.csv"
+    src.write_text("id,question\n7,Write a haiku about tea.\n")
+    (item,) = load_items("pairwise", src)
+    assert item["id"] == "7" and item["line"] == 2
