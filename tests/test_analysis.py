@@ -18,9 +18,8 @@ from typer.testing import CliRunner
 
 from instructforge.analysis.analyze import AnalyzeConfig, analyze, elimination_table, output_paths
 from instructforge.analysis.dataset import DatasetError, load_dataset
-from instructforge.analysis.dedup import embedding_duplicates, exact_duplicates, minhash_duplicates
 from instructforge.analysis.embeddings import coverage, nearest_neighbours, project_2d
-from instructforge.analysis.filter import FilterConfig, FilterError, filter_dataset
+from instructforge.analysis.filter import DatasetFilterConfig, FilterError, filter_dataset
 from instructforge.analysis.judge import JudgeConfig, judge_records, judge_usage
 from instructforge.analysis.lengths import TokenCounter, summarize, word_count
 from instructforge.analysis.ratings import (
@@ -38,12 +37,13 @@ from instructforge.analysis.ratings import (
 from instructforge.analysis.tags import (
     TAGS_SCHEMA,
     complexity_diversity,
-    normalize_tag,
+    normalise_tag,
     parse_tags,
     tag,
     tag_result,
 )
 from instructforge.cli import app
+from instructforge.dedup import embedding_duplicates, exact_duplicates, minhash_duplicates
 from instructforge.engine import RunDir, write_parquet
 from instructforge.llm.base import LLM, Completion, SamplingParams
 from instructforge.records import new_record
@@ -329,11 +329,11 @@ def test_free_text_ratings_are_read_from_a_label_alone_on_the_first_line(kind, t
 
 
 def test_tag_normalisation_merges_spellings():
-    assert normalize_tag("Data_Analysis") == normalize_tag("data-analysis") == "data analysis"
-    assert normalize_tag("Word Problems") == "word problem"
-    assert normalize_tag("Queries") == "query"
-    assert normalize_tag("analyses") == "analysis"
-    assert normalize_tag("class") == "class"
+    assert normalise_tag("Data_Analysis") == normalise_tag("data-analysis") == "data analysis"
+    assert normalise_tag("Word Problems") == "word problem"
+    assert normalise_tag("Queries") == "query"
+    assert normalise_tag("analyses") == "analysis"
+    assert normalise_tag("class") == "class"
 
 
 @pytest.mark.parametrize("text,expected", [
@@ -606,7 +606,7 @@ def _rated_file(tmp_path: Path) -> Path:
 
 def test_filter_keeps_rows_by_quality_then_dedups(tmp_path):
     res = filter_dataset(_rated_file(tmp_path), tmp_path / "out",
-                         FilterConfig(min_quality="good", dedup=("exact",)), progress=False)
+                         DatasetFilterConfig(min_quality="good", dedup=("exact",)), progress=False)
     kept = [json.loads(x)["id"] for x in (tmp_path / "out/data/records.jsonl").open()]
     rej = {json.loads(x)["id"]: json.loads(x)["rejection"]
            for x in (tmp_path / "out/rejected.jsonl").open()}
@@ -621,12 +621,12 @@ def test_filter_keeps_rows_by_quality_then_dedups(tmp_path):
 def test_filter_without_ratings_and_without_judge_says_what_to_do(tmp_path):
     with pytest.raises(FilterError, match="no quality rating.*--judge"):
         filter_dataset(write_plain_jsonl(tmp_path / "a.jsonl"), tmp_path / "out",
-                       FilterConfig(min_quality="good"))
+                       DatasetFilterConfig(min_quality="good"))
 
 
 def test_filter_asks_the_judge_for_missing_ratings(tmp_path):
     src = write_plain_jsonl(tmp_path / "a.jsonl")
-    res = filter_dataset(src, tmp_path / "out", FilterConfig(max_difficulty="easy"),
+    res = filter_dataset(src, tmp_path / "out", DatasetFilterConfig(max_difficulty="easy"),
                          judge_llm=FakeJudge(), progress=False)
     assert res.kept == 4 and judge_usage(tmp_path / "a.analysis/judge")
 
@@ -638,7 +638,7 @@ def test_filter_embedding_dedup_and_carried_rejections(tmp_path):
         seeds = ["fruits", "haiku", "prime", "Sort", "advice", "water"]
         return np.array([[float(s in t) for s in seeds] for t in texts])
 
-    res = filter_dataset(run, tmp_path / "clean", FilterConfig(dedup=("embedding",)),
+    res = filter_dataset(run, tmp_path / "clean", DatasetFilterConfig(dedup=("embedding",)),
                          embed_fn=one_hot_by_seed)
     assert res.kept == 6 and res.rejected_by_rule == {"embedding_duplicate": 14}
     assert res.carried_rejected == 4
@@ -651,11 +651,11 @@ def test_filter_refuses_to_overwrite_and_bad_thresholds(tmp_path):
     (tmp_path / "out").mkdir()
     (tmp_path / "out/x").write_text("")
     with pytest.raises(FilterError, match="not empty"):
-        filter_dataset(write_plain_jsonl(tmp_path / "a.jsonl"), tmp_path / "out", FilterConfig())
+        filter_dataset(write_plain_jsonl(tmp_path / "a.jsonl"), tmp_path / "out", DatasetFilterConfig())
     with pytest.raises(FilterError, match="min_quality must be one of"):
-        FilterConfig(min_quality="great")
+        DatasetFilterConfig(min_quality="great")
     with pytest.raises(FilterError, match="unknown dedup"):
-        FilterConfig(dedup=("fuzzy",))
+        DatasetFilterConfig(dedup=("fuzzy",))
 
 
 # ---------------------------------------------------------------- CLI

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
+from instructforge.dedup import ExactDedup, NearDedup, normalise
 from instructforge.methods.filters import (
-    ExactDedup,
     FilterConfig,
-    NearDedup,
     TextFilters,
     check_incomplete,
     check_language,
     check_leakage,
     check_length,
     check_repetition,
-    normalise,
 )
 
 GOOD_QUESTION = "How do I keep basil alive on a north-facing windowsill in winter?"

@@ -12,7 +12,7 @@ import pytest
 from analysis_fixtures import make_evolve_run
 
 from instructforge.analysis.analyze import AnalyzeConfig, analyze
-from instructforge.analysis.filter import FilterConfig, filter_dataset
+from instructforge.analysis.filter import DatasetFilterConfig, filter_dataset
 from instructforge.engine import RunDir
 from instructforge.tuning.eval import EvalError, make_eval_llm
 from instructforge.tuning.export import ExportError, export_run
@@ -40,7 +40,7 @@ def test_a_killed_filter_leaves_a_visibly_partial_output_that_a_rerun_finishes(
 
     monkeypatch.setattr(filter_module, "write_parquet", killed)
     with pytest.raises(Killed):
-        filter_dataset(src, out, FilterConfig(dedup=("exact",)), progress=False)
+        filter_dataset(src, out, DatasetFilterConfig(dedup=("exact",)), progress=False)
     assert not out.exists()
     with pytest.raises(ExportError, match=r"clean.partial is an unfinished output"):
         export_run(out)
@@ -48,7 +48,7 @@ def test_a_killed_filter_leaves_a_visibly_partial_output_that_a_rerun_finishes(
         export_run(tmp_path / "clean.partial")
 
     monkeypatch.undo()
-    res = filter_dataset(src, out, FilterConfig(dedup=("exact",)), progress=False)
+    res = filter_dataset(src, out, DatasetFilterConfig(dedup=("exact",)), progress=False)
     assert res.kept == len(list(RunDir(out).kept())) > 0
     assert RunDir(out).parquet.exists() and not (tmp_path / "clean.partial").exists()
     assert export_run(out).written == res.kept

@@ -1,4 +1,8 @@
-"""Read instructions from JSONL, JSON, Parquet, CSV or a Hugging Face dataset, lazily.
+"""The one dataset reader: rows from JSONL, JSON, Parquet, CSV or a Hugging Face dataset,
+lazily, each located (file and line or row), for every command (the methods' inputs here;
+``analyze``/``filter`` through :mod:`instructforge.analysis.dataset`, ``export``/``train``
+through :mod:`instructforge.tuning.export`). :func:`read_rows` gives the raw rows;
+:class:`InstructionSource` turns them into instruction records.
 
 Every problem names the file, the line (or row) and the field::
 
@@ -20,9 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from instructforge.errors import InstructForgeError
 from instructforge.records import IdIndex, Record, id_problem, new_record, rejected
 
-SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
+SUFFIXES = (".jsonl", ".ndjson", ".json", ".parquet", ".csv")
 INVALID_ID_PREFIX = "invalid-line-"  # + the line: the id of a row rejected as invalid
 
 
@@ -36,7 +41,18 @@ def _not_utf8(e: UnicodeDecodeError, start: int) -> str:
             f"({e.reason})")
 
 
-class InputError(ValueError):
+def read_rows(path: str | Path, *, split: str = "train") -> Iterator[Row]:
+    """Every row of a dataset, in order: a ``.jsonl``/``.ndjson``, ``.json``, ``.parquet`` or
+    ``.csv`` file, a folder saved with ``Dataset.save_to_disk``, or ``hf:NAME[:split]``.
+
+    A row that cannot be read comes with its ``problem`` (bad JSON, bytes that are not UTF-8,
+    not an object...) instead of ``data``, so a caller can reject it alone; a file that cannot
+    be read at all raises :class:`InputError`.
+    """
+    return InstructionSource(path, split=split).rows()
+
+
+class InputError(InstructForgeError, ValueError):
     """Bad input, with every problem located (file, line/row, field)."""
 
     def __init__(self, problems: list[str], total_bad: int | None = None) -> None:
@@ -90,10 +106,11 @@ class InstructionSource:
             raise InputError(
                 [f"{self.spec}: unsupported file type {suffix!r} (use {', '.join(SUFFIXES)})"]
             )
-        return suffix[1:]
+        return "jsonl" if suffix == ".ndjson" else suffix[1:]
 
     # -- raw rows ---------------------------------------------------------------------------
-    def _rows(self) -> Iterator[Row]:
+    def rows(self) -> Iterator[Row]:
+        """The raw rows (see :func:`read_rows`)."""
         name = self.spec
         if self.kind == "jsonl":
             offset = 0  # of the line in the file, for a byte-exact location
@@ -110,7 +127,11 @@ class InstructionSource:
                     try:
                         data = json.loads(text)
                     except json.JSONDecodeError as e:
-                        yield Row(f"{name}:{n}", n, None, f"invalid JSON: {e.msg} (column {e.colno})")
+                        problem = f"invalid JSON: {e.msg} (column {e.colno})"
+                        if not raw.endswith(b"\n"):
+                            problem += ("; the last record is cut short (no line ending): if a "
+                                        "job was writing this file, rerun it, which repairs it")
+                        yield Row(f"{name}:{n}", n, None, problem)
                         continue
                     yield self._obj(f"{name}:{n}", n, data)
         elif self.kind == "json":
@@ -125,7 +146,9 @@ class InstructionSource:
                 yield Row(f"{name}:{e.lineno}", e.lineno, None, f"invalid JSON: {e.msg}")
                 return
             if isinstance(data, dict):
-                data = data.get("data") if isinstance(data.get("data"), list) else [data]
+                # {"data": [...]} or {"train": [...]}: the rows inside; else one object.
+                inner = data.get("data", next(iter(data.values())) if len(data) == 1 else None)
+                data = inner if isinstance(inner, list) else [data]
             if not isinstance(data, list):
                 yield Row(name, 0, None, "expected a JSON array of objects")
                 return
@@ -272,7 +295,7 @@ class InstructionSource:
     def __iter__(self) -> Iterator[Record]:
         n = 0
         with IdIndex() as seen:
-            for row in self._rows():
+            for row in self.rows():
                 if self.limit is not None and n >= self.limit:
                     return
                 rec, problem = self._checked(row, seen)
@@ -314,7 +337,7 @@ class InstructionSource:
         good = bad = 0
         problems: list[str] = []
         with IdIndex() as ids:
-            for row in self._rows():
+            for row in self.rows():
                 problem = self._checked(row, ids)[1]
                 if problem is None:
                     good += 1

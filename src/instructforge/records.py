@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 SCHEMA_VERSION = 1
@@ -75,6 +76,41 @@ def response(record: Record) -> str:
         if m.get("role") == "assistant":
             return m.get("content") or ""
     return ""
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """Why a text was dropped (the fields of a record's ``rejection``)."""
+
+    rule: str
+    reason: str
+    evidence: Any = None
+
+
+ROLES = ("system", "user", "assistant")
+
+
+def messages_problem(messages: Any, field: str = "messages") -> str | None:
+    """Why ``messages`` is not a chat every command can read (a list of ``{"role",
+    "content"}`` objects, roles among :data:`ROLES`, contents strings), or None when it is.
+    Callers prefix the file and line.
+
+    >>> messages_problem([{"role": "user", "content": "Hi"}]) is None
+    True
+    >>> messages_problem([{"role": "human", "content": "Hi"}])
+    "field 'messages[0].role' is 'human'; expected one of system, user, assistant"
+    """
+    if not isinstance(messages, list):
+        return f"field {field!r} must be a list of {{role, content}} objects"
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            return f"field '{field}[{i}]' must be an object"
+        if m.get("role") not in ROLES:
+            return (f"field '{field}[{i}].role' is {m.get('role')!r}; expected one of "
+                    f"{', '.join(ROLES)}")
+        if not isinstance(m.get("content"), str):
+            return f"field '{field}[{i}].content' must be a string"
+    return None
 
 
 def rejected(record: Record, *, stage: str, rule: str, reason: str, evidence: Any = None) -> Record:

@@ -12,7 +12,12 @@ for; they come with ``pip install 'instructforge[analysis]'``.
 
 from instructforge.analysis.analyze import AnalysisResult, AnalyzeConfig, analyze
 from instructforge.analysis.dataset import Dataset, DatasetError, load_dataset
-from instructforge.analysis.filter import FilterConfig, FilterError, FilterResult, filter_dataset
+from instructforge.analysis.filter import (
+    DatasetFilterConfig,
+    FilterError,
+    FilterResult,
+    filter_dataset,
+)
 from instructforge.analysis.judge import JudgeConfig
 
 __all__ = [
@@ -20,7 +25,7 @@ __all__ = [
     "AnalyzeConfig",
     "Dataset",
     "DatasetError",
-    "FilterConfig",
+    "DatasetFilterConfig",
     "FilterError",
     "FilterResult",
     "JudgeConfig",

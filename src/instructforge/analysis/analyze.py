@@ -23,7 +23,6 @@ from typing import Any
 import numpy as np
 
 from instructforge.analysis.dataset import Dataset, load_dataset
-from instructforge.analysis.dedup import embedding_duplicates, exact_duplicates, minhash_duplicates
 from instructforge.analysis.judge import (
     JudgeConfig,
     Verdict,
@@ -36,6 +35,13 @@ from instructforge.analysis.judge import (
 from instructforge.analysis.lengths import TokenCounter, length_table, summarize
 from instructforge.analysis.ratings import DIFFICULTY_SCALE, QUALITY_SCALE, TASK_CATEGORIES
 from instructforge.analysis.tags import complexity_diversity, top_tags
+from instructforge.dedup import (
+    EMBEDDING_THRESHOLD,
+    NEAR_DUP_THRESHOLD,
+    embedding_duplicates,
+    exact_duplicates,
+    minhash_duplicates,
+)
 from instructforge.files import open_atomic, write_atomic
 from instructforge.llm.base import LLM
 from instructforge.records import Record, instruction, response, stable_id
@@ -54,8 +60,8 @@ class AnalyzeConfig:
     embedding_model: str | None = None
     projection: str = "tsne"  # tsne | umap | pca
     max_embed: int | None = 20_000  # larger sets are sampled for embeddings and the map
-    duplicate_threshold: float = 0.95  # cosine similarity of embedding near-duplicates
-    minhash_threshold: float = 0.8
+    embedding_threshold: float = EMBEDDING_THRESHOLD  # cosine similarity of embedding near-duplicates
+    near_dup_threshold: float = NEAR_DUP_THRESHOLD
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     judge_limit: int | None = None  # judge only a sample of this many records
     report: bool = True
@@ -138,98 +144,153 @@ def analyze(
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     records = ds.records
-    ids = [r["id"] for r in records]
+    rows = [_row(r) for r in records]
     ins = [instruction(r) for r in records]
-    res = [response(r) for r in records]
-    rows: list[dict[str, Any]] = [
-        {"id": r["id"], "round": record_round(r), "operation": record_operation(r),
-         "method": r.get("method"), "category": (r.get("metadata") or {}).get("category")}
-        for r in records
-    ]
 
-    # Lengths.
     say(f"lengths of {len(records)} records")
+    metrics: dict[str, Any] = {"dataset": _dataset_facts(ds),
+                               "lengths": _lengths(ins, [response(r) for r in records], rows,
+                                                   cfg)}
+    metrics["duplicates"] = _text_duplicates(ins, rows, cfg)
+    emb = _embeddings(records, ins, rows, cfg, say)
+    metrics["embeddings"] = emb.metrics
+    if emb.duplicates is not None:
+        metrics["duplicates"]["embedding"] = emb.duplicates
+    judge_dir = out_dir / "judge"
+    metrics.update(_judgements(records, rows, judge_dir, cfg, judge_llm, progress, say))
+
+    # Per round (evolve runs), per operation, eliminations, usage.
+    metrics["per_round"] = per_group(rows, "round", emb.vectors, emb.indices)
+    metrics["per_operation"] = per_group(rows, "operation", emb.vectors, emb.indices)
+    metrics["elimination"] = elimination_table(ds.rejected, len(records))
+    metrics["usage"] = usage_table(ds.usage, *judge_usage(judge_dir))
+    metrics["evaluations"] = evaluations(ds.run_dir)
+    metrics["seconds"] = round(time.perf_counter() - t0, 2)
+
+    metrics_path, per_record_path = _write_metrics(out_dir, metrics, rows)
+    report = None
+    if cfg.report:
+        from instructforge.analysis.report import build_report_data, write_report
+
+        say("writing report")
+        data = build_report_data(ds, metrics, rows, emb.report_ids)
+        report = write_report(report_path, data)
+    return AnalysisResult(metrics, out_dir, metrics_path, per_record_path, report)
+
+
+def _row(record: Record) -> dict[str, Any]:
+    """The start of a record's ``per_record.jsonl`` row; each step adds its columns."""
+    return {"id": record["id"], "round": record_round(record),
+            "operation": record_operation(record), "method": record.get("method"),
+            "category": (record.get("metadata") or {}).get("category")}
+
+
+def _dataset_facts(ds: Dataset) -> dict[str, Any]:
+    return {
+        "name": ds.name, "source": str(ds.source), "run_directory": ds.run_dir is not None,
+        "records": len(ds.records), "rejected": len(ds.rejected),
+        "with_response": sum(1 for r in ds.records if response(r)),
+        "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def _lengths(ins: list[str], res: list[str], rows: list[dict[str, Any]],
+             cfg: AnalyzeConfig) -> dict[str, Any]:
+    """Token and word lengths: a column of each row, and their summaries."""
     counter = TokenCounter(cfg.tokenizer)
     lengths = length_table(ins, res, counter)
     for key, values in lengths.items():
         for row, v in zip(rows, values, strict=True):
             row[key] = v
     has_responses = any(res)
-    metrics: dict[str, Any] = {
-        "dataset": {
-            "name": ds.name, "source": str(ds.source), "run_directory": ds.run_dir is not None,
-            "records": len(records), "rejected": len(ds.rejected),
-            "with_response": sum(1 for t in res if t),
-            "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        },
-        "lengths": {"tokenizer": counter.name,
-                    **{k: summarize(v) for k, v in lengths.items()
-                       if has_responses or not k.startswith("response")}},
-    }
+    return {"tokenizer": counter.name,
+            **{k: summarize(v) for k, v in lengths.items()
+               if has_responses or not k.startswith("response")}}
 
-    # Duplicates by text (cheap, on everything).
+
+def _text_duplicates(ins: list[str], rows: list[dict[str, Any]],
+                     cfg: AnalyzeConfig) -> dict[str, Any]:
+    """Exact and MinHash duplicates (cheap, on every record): marked in the rows, counted."""
     exact = exact_duplicates(ins)
-    minhash = minhash_duplicates(ins, threshold=cfg.minhash_threshold)
+    minhash = minhash_duplicates(ins, threshold=cfg.near_dup_threshold)
     for i, (j, _) in exact.items():
-        rows[i]["exact_duplicate_of"] = ids[j]
+        rows[i]["exact_duplicate_of"] = rows[j]["id"]
     for i, (j, sim) in minhash.items():
-        rows[i]["minhash_duplicate_of"] = ids[j]
+        rows[i]["minhash_duplicate_of"] = rows[j]["id"]
         rows[i]["minhash_similarity"] = sim
-    n = max(1, len(records))
-    metrics["duplicates"] = {
+    n = max(1, len(rows))
+    return {
         "exact": {"count": len(exact), "share": round(len(exact) / n, 4)},
         "minhash": {"count": len(minhash), "share": round(len(minhash) / n, 4),
-                    "threshold": cfg.minhash_threshold},
+                    "threshold": cfg.near_dup_threshold},
     }
 
-    # Embeddings, the 2-D map and coverage.
-    vectors = None
-    embedded_idx: list[int] = []
+
+@dataclass
+class _Embedded:
+    """What the embedding step found: its metrics, the vectors and which records they are."""
+
+    metrics: dict[str, Any]
+    report_ids: set[str]
+    vectors: np.ndarray | None = None
+    indices: list[int] = field(default_factory=list)  # record index of each vector
+    duplicates: dict[str, Any] | None = None
+
+
+def _embeddings(records: list[Record], ins: list[str], rows: list[dict[str, Any]],
+                cfg: AnalyzeConfig, say: Any) -> _Embedded:
+    """Embeddings (of a fixed sample), the 2-D map, nearest neighbours, coverage and
+    embedding near-duplicates."""
     report_ids = sample_ids(records, cfg.report_points, "report")
-    if cfg.embeddings and records:
-        from instructforge.analysis.embeddings import (
-            DEFAULT_MODEL,
-            coverage,
-            embed,
-            nearest_neighbours,
-            project_2d,
-        )
+    if not (cfg.embeddings and records):
+        return _Embedded({"skipped": "disabled" if records else "no records"}, report_ids)
+    from instructforge.analysis.embeddings import (
+        DEFAULT_MODEL,
+        coverage,
+        embed,
+        nearest_neighbours,
+        project_2d,
+    )
 
-        keep = sample_ids(records, cfg.max_embed, "embed")
-        embedded_idx = [i for i, rid in enumerate(ids) if rid in keep]
-        say(f"embedding {len(embedded_idx)} instructions with "
-            f"{cfg.embedding_model or DEFAULT_MODEL}")
-        vectors = embed([ins[i] for i in embedded_idx], cfg.embedding_model)
-        dist, nn = nearest_neighbours(vectors)
-        # Only the points the report shows are projected: t-SNE is the slow part.
-        report_ids = sample_ids([records[i] for i in embedded_idx], cfg.report_points, "report")
-        shown = [k for k, i in enumerate(embedded_idx) if ids[i] in report_ids]
-        say(f"2-D map ({cfg.projection}) of {len(shown)} points")
-        xy = project_2d(vectors[shown], method=cfg.projection, seed=cfg.seed)
-        for row_k, k in enumerate(shown):
-            rows[embedded_idx[k]]["x"] = round(float(xy[row_k, 0]), 3)
-            rows[embedded_idx[k]]["y"] = round(float(xy[row_k, 1]), 3)
-        for k, i in enumerate(embedded_idx):
-            if not np.isnan(dist[k]):
-                rows[i]["nn_distance"] = round(float(dist[k]), 4)
-                rows[i]["nearest"] = ids[embedded_idx[int(nn[k])]]
-        edups = embedding_duplicates(vectors, threshold=cfg.duplicate_threshold)
-        for k, (j, sim) in edups.items():
-            rows[embedded_idx[k]]["embedding_duplicate_of"] = ids[embedded_idx[j]]
-            rows[embedded_idx[k]]["embedding_similarity"] = sim
-        metrics["embeddings"] = {
-            "model": cfg.embedding_model or DEFAULT_MODEL, "projection": cfg.projection,
-            "sampled": len(embedded_idx) < len(records),
-            **coverage(vectors, duplicate_threshold=cfg.duplicate_threshold),
-        }
-        metrics["duplicates"]["embedding"] = {
-            "count": len(edups), "share": round(len(edups) / max(1, len(embedded_idx)), 4),
-            "threshold": cfg.duplicate_threshold, "of": len(embedded_idx)}
-    else:
-        metrics["embeddings"] = {"skipped": "disabled" if records else "no records"}
+    ids = [r["id"] for r in records]
+    keep = sample_ids(records, cfg.max_embed, "embed")
+    embedded_idx = [i for i, rid in enumerate(ids) if rid in keep]
+    say(f"embedding {len(embedded_idx)} instructions with "
+        f"{cfg.embedding_model or DEFAULT_MODEL}")
+    vectors = embed([ins[i] for i in embedded_idx], cfg.embedding_model)
+    dist, nn = nearest_neighbours(vectors)
+    # Only the points the report shows are projected: t-SNE is the slow part.
+    report_ids = sample_ids([records[i] for i in embedded_idx], cfg.report_points, "report")
+    shown = [k for k, i in enumerate(embedded_idx) if ids[i] in report_ids]
+    say(f"2-D map ({cfg.projection}) of {len(shown)} points")
+    xy = project_2d(vectors[shown], method=cfg.projection, seed=cfg.seed)
+    for row_k, k in enumerate(shown):
+        rows[embedded_idx[k]]["x"] = round(float(xy[row_k, 0]), 3)
+        rows[embedded_idx[k]]["y"] = round(float(xy[row_k, 1]), 3)
+    for k, i in enumerate(embedded_idx):
+        if not np.isnan(dist[k]):
+            rows[i]["nn_distance"] = round(float(dist[k]), 4)
+            rows[i]["nearest"] = ids[embedded_idx[int(nn[k])]]
+    edups = embedding_duplicates(vectors, threshold=cfg.embedding_threshold)
+    for k, (j, sim) in edups.items():
+        rows[embedded_idx[k]]["embedding_duplicate_of"] = ids[embedded_idx[j]]
+        rows[embedded_idx[k]]["embedding_similarity"] = sim
+    metrics = {
+        "model": cfg.embedding_model or DEFAULT_MODEL, "projection": cfg.projection,
+        "sampled": len(embedded_idx) < len(records),
+        **coverage(vectors, duplicate_threshold=cfg.embedding_threshold),
+    }
+    duplicates = {
+        "count": len(edups), "share": round(len(edups) / max(1, len(embedded_idx)), 4),
+        "threshold": cfg.embedding_threshold, "of": len(embedded_idx)}
+    return _Embedded(metrics, report_ids, vectors, embedded_idx, duplicates)
 
-    # Judge: verdicts already in the data, earlier judge runs, then new calls.
-    judge_dir = out_dir / "judge"
+
+def _judgements(records: list[Record], rows: list[dict[str, Any]], judge_dir: Path,
+                cfg: AnalyzeConfig, judge_llm: LLM | None, progress: bool,
+                say: Any) -> dict[str, Any]:
+    """Verdicts already in the data, earlier judge runs, then new calls (with ``judge_llm``):
+    ratings and tags in the rows, and the ``ratings``, ``tags`` and ``judge`` metrics."""
     verdicts: dict[str, Verdict] = {
         r["id"]: v for r in records if (v := verdict_from_metadata(r)) is not None}
     verdicts.update(read_verdicts(judge_dir))
@@ -250,21 +311,17 @@ def analyze(
         if t is not None:
             row["tags"] = t.get("tags")
             row["tags_status"] = t.get("status")
-    metrics["ratings"] = rating_metrics(rows)
-    metrics["tags"] = tag_metrics(rows)
-    metrics["judge"] = {"records_judged": sum(1 for r in rows if r["id"] in verdicts),
-                        "model": ", ".join(judge_models(judge_dir)) or None}
+    return {"ratings": rating_metrics(rows), "tags": tag_metrics(rows),
+            "judge": {"records_judged": sum(1 for r in rows if r["id"] in verdicts),
+                      "model": ", ".join(judge_models(judge_dir)) or None}}
 
-    # Per round (evolve runs), per operation, eliminations, usage.
-    metrics["per_round"] = per_group(rows, "round", vectors, embedded_idx)
-    metrics["per_operation"] = per_group(rows, "operation", vectors, embedded_idx)
-    metrics["elimination"] = elimination_table(ds.rejected, len(records))
-    metrics["usage"] = usage_table(ds.usage, *judge_usage(judge_dir))
-    metrics["evaluations"] = evaluations(ds.run_dir)
-    metrics["seconds"] = round(time.perf_counter() - t0, 2)
 
-    # metrics.json last, and each file renamed into place whole: a kill at any point leaves
-    # no metrics.json, or one that describes the per_record.jsonl beside it.
+def _write_metrics(out_dir: Path, metrics: dict[str, Any],
+                   rows: list[dict[str, Any]]) -> tuple[Path, Path]:
+    """Write ``per_record.jsonl``, then ``metrics.json``; return their paths.
+
+    metrics.json last, and each file renamed into place whole: a kill at any point leaves
+    no metrics.json, or one that describes the per_record.jsonl beside it."""
     metrics_path = out_dir / "metrics.json"
     metrics_path.unlink(missing_ok=True)
     per_record_path = out_dir / "per_record.jsonl"
@@ -272,14 +329,7 @@ def analyze(
         for row in rows:
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
     write_atomic(metrics_path, metrics)
-    report = None
-    if cfg.report:
-        from instructforge.analysis.report import build_report_data, write_report
-
-        say("writing report")
-        data = build_report_data(ds, metrics, rows, report_ids)
-        report = write_report(report_path, data)
-    return AnalysisResult(metrics, out_dir, metrics_path, per_record_path, report)
+    return metrics_path, per_record_path
 
 
 def rating_metrics(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:

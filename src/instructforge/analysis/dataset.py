@@ -1,4 +1,4 @@
-"""Read any dataset into records: a run directory, or a JSONL / JSON / Parquet file.
+"""Read any dataset into records: a run directory, or a JSONL / JSON / Parquet / CSV file.
 
 A run directory gives its kept records (``data/records.jsonl`` or ``data/records.parquet``),
 its audit trail (``rejected.jsonl``), ``usage.json`` and ``config.yaml``.  Any other file is
@@ -21,7 +21,10 @@ from typing import Any
 
 import yaml
 
-from instructforge.records import Record, new_record
+from instructforge import inputs
+from instructforge.errors import InstructForgeError
+from instructforge.inputs import InputError
+from instructforge.records import Record, messages_problem, new_record
 
 # Common column names in public datasets, tried in order when the caller names none.
 INSTRUCTION_FIELDS = ("instruction", "prompt", "query", "question", "input", "text")
@@ -30,7 +33,7 @@ ROLE_ALIASES = {"human": "user", "user": "user", "gpt": "assistant", "assistant"
                 "system": "system", "bot": "assistant", "model": "assistant"}
 
 
-class DatasetError(ValueError):
+class DatasetError(InstructForgeError, ValueError):
     """A dataset file could not be read; the message names the file, line and field."""
 
 
@@ -128,21 +131,22 @@ def read_rows(
     response_field: str | None = None,
     id_field: str | None = None,
 ) -> Iterator[Record]:
-    """Yield records from one file, converting plain rows with :func:`row_to_record`."""
-    suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".ndjson"):
-        rows = _jsonl_rows(path)
-    elif suffix == ".json":
-        rows = _json_rows(path)
-    elif suffix == ".parquet":
-        rows = _parquet_rows(path)
-    else:
-        raise DatasetError(f"{path}: unsupported file type {suffix!r}; use .jsonl, .json or .parquet")
-    for where, row in rows:
-        yield row_to_record(
-            row, where, instruction_field=instruction_field, response_field=response_field,
-            id_field=id_field,
-        )
+    """Yield records from one file (read by :func:`instructforge.inputs.read_rows`, the
+    reader every command shares), converting plain rows with :func:`row_to_record`."""
+    try:
+        for row in inputs.read_rows(path):
+            where = f"{path}:{row.line}"  # "line" is the row number in a JSON list / Parquet
+            if row.problem is not None:
+                raise DatasetError(f"{where}: {row.problem}")
+            data = row.data
+            if path.suffix.lower() == ".parquet":
+                data = _nested_from_json(data)
+            yield row_to_record(
+                data, where, instruction_field=instruction_field,
+                response_field=response_field, id_field=id_field,
+            )
+    except InputError as e:
+        raise DatasetError("\n".join(e.problems)) from None
 
 
 def row_to_record(
@@ -164,7 +168,8 @@ def row_to_record(
     source = {"file": file, "line": int(line) if line.isdigit() else line}
     if instruction_field is None and isinstance(row.get("messages"), list):
         rec = dict(row)
-        rec["messages"] = _check_messages(row["messages"], where, "messages")
+        if problem := messages_problem(row["messages"]):
+            raise DatasetError(f"{where}: {problem}")
         rec.setdefault("id", str(row.get(id_field)) if id_field and row.get(id_field) is not None
                        else f"line-{source['line']}")
         rec.setdefault("schema_version", 1)
@@ -230,65 +235,15 @@ def _plain_record(row: dict, msgs: list, where: str, source: dict, id_field: str
     return rec
 
 
-def _check_messages(messages: list, where: str, name: str) -> list[dict[str, str]]:
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict):
-            raise DatasetError(f"{where}: field '{name}[{i}]' must be an object")
-        if not isinstance(m.get("content"), str):
-            raise DatasetError(f"{where}: field '{name}[{i}].content' must be a string")
-        if not isinstance(m.get("role"), str):
-            raise DatasetError(f"{where}: field '{name}[{i}].role' must be a string")
-    return messages
-
-
-def _jsonl_rows(path: Path) -> Iterator[tuple[str, Any]]:
-    with path.open("rb") as fh:
-        for line_no, raw in enumerate(fh, start=1):
-            if not raw.strip():
-                continue
+def _nested_from_json(row: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Our Parquet export stores nested dicts as JSON text: read them back."""
+    for key in ("lineage", "metadata", "source", "rejection"):
+        if row is not None and isinstance(row.get(key), str):
             try:
-                yield f"{path}:{line_no}", json.loads(raw.decode("utf-8"))
-            except UnicodeDecodeError as e:
-                raise DatasetError(f"{path}:{line_no}: not valid UTF-8 ({e.reason})") from None
-            except json.JSONDecodeError as e:
-                raise DatasetError(f"{path}:{line_no}: invalid JSON ({e.msg})") from None
-
-
-def _json_rows(path: Path) -> Iterator[tuple[str, Any]]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as e:
-        raise DatasetError(f"{path}: not valid UTF-8 ({e.reason})") from None
-    except json.JSONDecodeError as e:
-        raise DatasetError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
-    if isinstance(data, dict):
-        # {"data": [...]} / {"train": [...]}: take the one list of rows inside.
-        lists = [v for v in data.values() if isinstance(v, list)]
-        if len(lists) != 1:
-            raise DatasetError(f"{path}: expected a JSON list of rows (or an object with one list)")
-        data = lists[0]
-    if not isinstance(data, list):
-        raise DatasetError(f"{path}: expected a JSON list of rows, got {type(data).__name__}")
-    for i, row in enumerate(data):
-        yield f"{path}:{i + 1}", row  # "line" is the row number for a JSON list
-
-
-def _parquet_rows(path: Path) -> Iterator[tuple[str, Any]]:
-    import pyarrow.parquet as pq
-
-    try:
-        table = pq.read_table(path)
-    except Exception as e:  # pyarrow raises several types for a damaged file
-        raise DatasetError(f"{path}: not a readable Parquet file ({e})") from None
-    for i, row in enumerate(table.to_pylist()):
-        for key in ("lineage", "metadata", "source", "rejection"):
-            # Our Parquet export stores nested dicts as JSON text.
-            if isinstance(row.get(key), str):
-                try:
-                    row[key] = json.loads(row[key])
-                except json.JSONDecodeError:
-                    pass
-        yield f"{path}:{i + 1}", row
+                row[key] = json.loads(row[key])
+            except json.JSONDecodeError:
+                pass
+    return row
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

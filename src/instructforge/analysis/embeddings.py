@@ -83,7 +83,7 @@ def embed(
     return np.asarray(vecs, dtype=np.float32)
 
 
-def normalize(vectors: np.ndarray) -> np.ndarray:
+def normalise(vectors: np.ndarray) -> np.ndarray:
     """Rows scaled to unit length (zero rows stay zero)."""
     v = np.asarray(vectors, dtype=np.float32)
     norms = np.linalg.norm(v, axis=1, keepdims=True)
@@ -100,7 +100,7 @@ def nearest_neighbours(vectors: np.ndarray, *, block: int = 2048) -> tuple[np.nd
     >>> d.round(3).tolist(), i.tolist()
     ([0.0, 0.0, 1.0], [1, 0, 0])
     """
-    v = normalize(vectors)
+    v = normalise(vectors)
     n = v.shape[0]
     dist = np.full(n, np.nan, dtype=np.float64)
     idx = np.full(n, -1, dtype=np.int64)
@@ -148,7 +148,7 @@ def project_2d(vectors: np.ndarray, *, method: str = "tsne", seed: int = 0) -> n
     >>> project_2d(np.eye(3), method="pca").shape
     (3, 2)
     """
-    v = normalize(vectors)
+    v = normalise(vectors)
     n = v.shape[0]
     if n == 0:
         return np.zeros((0, 2))

@@ -10,7 +10,7 @@ The new run directory holds ``data/records.jsonl`` (+ Parquet), ``rejected.jsonl
 source's rejected rows, then this filter's, each with stage ``filter``, rule and reason),
 ``config.yaml`` and the source's ``usage.json``.
 
->>> cfg = FilterConfig(min_quality="good", dedup=("exact", "minhash"))
+>>> cfg = DatasetFilterConfig(min_quality="good", dedup=("exact", "minhash"))
 >>> result = filter_dataset("runs/demo", "runs/demo-clean", cfg)   # doctest: +SKIP
 >>> result.kept, result.rejected_by_rule                           # doctest: +SKIP
 (96, {'min_quality': 12, 'exact_duplicate': 3})
@@ -28,7 +28,6 @@ from typing import Any
 
 from instructforge.analysis.analyze import output_paths
 from instructforge.analysis.dataset import Dataset, load_dataset
-from instructforge.analysis.dedup import embedding_duplicates, exact_duplicates, minhash_duplicates
 from instructforge.analysis.judge import (
     JudgeConfig,
     Verdict,
@@ -37,7 +36,15 @@ from instructforge.analysis.judge import (
     verdict_from_metadata,
 )
 from instructforge.analysis.ratings import DIFFICULTY_SCALE, QUALITY_SCALE, match_category
+from instructforge.dedup import (
+    EMBEDDING_THRESHOLD,
+    NEAR_DUP_THRESHOLD,
+    embedding_duplicates,
+    exact_duplicates,
+    minhash_duplicates,
+)
 from instructforge.engine import RunDir, partial_path, write_parquet
+from instructforge.errors import InstructForgeError
 from instructforge.llm.base import LLM
 from instructforge.records import Record, instruction, rejected
 
@@ -45,12 +52,12 @@ DEDUP_KINDS = ("exact", "minhash", "embedding")
 STAGE = "filter"
 
 
-class FilterError(ValueError):
+class FilterError(InstructForgeError, ValueError):
     """The filter cannot run as asked (bad threshold, missing ratings, output exists)."""
 
 
 @dataclass
-class FilterConfig:
+class DatasetFilterConfig:
     """Which rows ``filter_dataset`` keeps."""
 
     min_quality: str | None = None  # a QUALITY_SCALE label
@@ -58,8 +65,8 @@ class FilterConfig:
     max_difficulty: str | None = None
     categories: Sequence[str] = ()  # keep only these task categories (empty: all)
     dedup: Sequence[str] = ()  # any of "exact", "minhash", "embedding", in that order
-    minhash_threshold: float = 0.8
-    embedding_threshold: float = 0.95
+    near_dup_threshold: float = NEAR_DUP_THRESHOLD
+    embedding_threshold: float = EMBEDDING_THRESHOLD
     embedding_model: str | None = None
     instruction_field: str | None = None
     response_field: str | None = None
@@ -112,10 +119,10 @@ class FilterResult:
                f"-> {self.run_dir}"
 
 
-def rating_rejection(record: Record, verdict: Verdict | None, cfg: FilterConfig) -> Record | None:
+def rating_rejection(record: Record, verdict: Verdict | None, cfg: DatasetFilterConfig) -> Record | None:
     """The rejected copy of ``record`` when its ratings fail ``cfg`` (None when it passes).
 
-    >>> cfg = FilterConfig(min_quality="good")
+    >>> cfg = DatasetFilterConfig(min_quality="good")
     >>> v = {"ratings": {"quality": {"label": "poor", "score": 2, "status": "ok"}}}
     >>> rating_rejection({"id": "a", "messages": []}, v, cfg)["rejection"]["rule"]
     'min_quality'
@@ -151,14 +158,14 @@ def rating_rejection(record: Record, verdict: Verdict | None, cfg: FilterConfig)
 
 
 def deduplicate(
-    records: Sequence[Record], cfg: FilterConfig, *, embed_fn: Any = None
+    records: Sequence[Record], cfg: DatasetFilterConfig, *, embed_fn: Any = None
 ) -> tuple[list[Record], list[Record]]:
     """``(kept, rejected)`` after the dedup kinds of ``cfg``, each run on what the previous
     one kept.  ``embed_fn(texts) -> array`` replaces the embedding model (tests).
 
     >>> recs = [{"id": i, "messages": [{"role": "user", "content": t}]}
     ...         for i, t in enumerate(["Hi there.", "hi  there.", "Bye."])]
-    >>> kept, dropped = deduplicate(recs, FilterConfig(dedup=("exact",)))
+    >>> kept, dropped = deduplicate(recs, DatasetFilterConfig(dedup=("exact",)))
     >>> [r["id"] for r in kept], dropped[0]["rejection"]["evidence"]
     ([0, 2], {'duplicate_of': 0, 'similarity': 1.0})
     """
@@ -169,10 +176,10 @@ def deduplicate(
             continue
         texts = [instruction(r) for r in kept]
         if kind == "exact":
-            dups, what = exact_duplicates(texts), "the same text (after normalising case and spaces)"
+            dups, what = exact_duplicates(texts), "the same text (after normalising case, punctuation and spaces)"
         elif kind == "minhash":
-            dups = minhash_duplicates(texts, threshold=cfg.minhash_threshold)
-            what = f"MinHash Jaccard >= {cfg.minhash_threshold}"
+            dups = minhash_duplicates(texts, threshold=cfg.near_dup_threshold)
+            what = f"MinHash Jaccard >= {cfg.near_dup_threshold}"
         else:
             if embed_fn is None:
                 from instructforge.analysis.embeddings import embed
@@ -195,7 +202,7 @@ def deduplicate(
 def filter_dataset(
     source: str | Path | Dataset,
     out_dir: str | Path,
-    config: FilterConfig | None = None,
+    config: DatasetFilterConfig | None = None,
     *,
     judge_llm: LLM | None = None,
     progress: bool = True,
@@ -207,7 +214,7 @@ def filter_dataset(
     and no ``judge_llm`` is given, or when ``out_dir`` already holds data. The output is
     built in ``OUT.partial`` and renamed when complete (see :func:`partial_path`).
     """
-    cfg = config or FilterConfig()
+    cfg = config or DatasetFilterConfig()
     ds = source if isinstance(source, Dataset) else load_dataset(
         source, instruction_field=cfg.instruction_field, response_field=cfg.response_field,
         id_field=cfg.id_field)

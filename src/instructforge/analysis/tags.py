@@ -58,11 +58,11 @@ and let a small judge run out of tokens before its first tag."""
 _PLACEHOLDERS = {"str", "tag", "tags", "explanation", "string", "...", "tag 1", "tag 2"}
 
 
-def normalize_tag(tag: str) -> str:
+def normalise_tag(tag: str) -> str:
     """Canonical form of a tag: NFKC, lowercase, ``_-/`` as spaces, punctuation dropped,
     a plural ``s`` dropped from the last word ('' if nothing is left).
 
-    >>> normalize_tag("  Data_Analysis! "), normalize_tag("Word problems"), normalize_tag("class")
+    >>> normalise_tag("  Data_Analysis! "), normalise_tag("Word problems"), normalise_tag("class")
     ('data analysis', 'word problem', 'class')
     """
     t = unicodedata.normalize("NFKC", tag or "").lower()
@@ -88,7 +88,7 @@ def _clean(tags: Iterable[Any]) -> list[str]:
     for raw in tags:
         if not isinstance(raw, str):
             continue
-        t = normalize_tag(raw)
+        t = normalise_tag(raw)
         if not t or t in _PLACEHOLDERS or len(t.split()) > MAX_TAG_WORDS or t in out:
             continue
         out.append(t)

@@ -12,8 +12,11 @@ import typer
 from rich.table import Table
 
 from instructforge.analysis.analyze import AnalyzeConfig, analyze
-from instructforge.analysis.dataset import DatasetError
-from instructforge.analysis.filter import DEDUP_KINDS, FilterConfig, FilterError, filter_dataset
+from instructforge.analysis.filter import (
+    DEDUP_KINDS,
+    DatasetFilterConfig,
+    filter_dataset,
+)
 from instructforge.analysis.judge import JudgeConfig
 from instructforge.analysis.ratings import RATINGS
 from instructforge.cli.common import (
@@ -30,12 +33,14 @@ from instructforge.cli.common import (
     out,
     print_error,
 )
+from instructforge.dedup import EMBEDDING_THRESHOLD, NEAR_DUP_THRESHOLD
+from instructforge.errors import InstructForgeError
 from instructforge.llm.base import LLM
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 SourceArg = Annotated[
-    Path, typer.Argument(help="A run directory, or a .jsonl / .json / .parquet dataset.")
+    Path, typer.Argument(help="A run directory, or a .jsonl / .json / .parquet / .csv dataset.")
 ]
 InstructionFieldOpt = Annotated[
     str | None, typer.Option("--instruction-field",
@@ -62,15 +67,48 @@ EmbeddingModelOpt = Annotated[
                              "folder (default: bundled all-MiniLM-L6-v2, offline).")
 ]
 
+# One name for each threshold in every command (Magpie's live filter says --near-dup-threshold
+# too); the names these commands used before are hidden aliases.
+NearDupThresholdOpt = Annotated[
+    float, typer.Option("--near-dup-threshold", min=0.0, max=1.0,
+                        help="MinHash Jaccard of character 5-grams at or above which a text is "
+                        "a near-duplicate (the definition Magpie's filter uses).")
+]
+EmbeddingThresholdOpt = Annotated[
+    float, typer.Option("--embedding-threshold", min=0.0, max=1.0,
+                        help="Cosine similarity of embeddings at or above which a text is an "
+                        "embedding near-duplicate.")
+]
+MinhashThresholdAlias = Annotated[
+    float | None, typer.Option("--minhash-threshold", min=0.0, max=1.0, hidden=True,
+                               help="Deprecated name of --near-dup-threshold.")
+]
+DuplicateThresholdAlias = Annotated[
+    float | None, typer.Option("--duplicate-threshold", min=0.0, max=1.0, hidden=True,
+                               help="Deprecated name of --embedding-threshold.")
+]
+
+
+def _renamed(value: float, old_value: float | None, old: str, new: str) -> float:
+    """The value of an option given under its deprecated name ``old`` (with a warning), else
+    ``value``."""
+    if old_value is None:
+        return value
+    console.print(f"[yellow]{old} is deprecated; use {new}[/yellow]", highlight=False)
+    return old_value
+
 
 def _analysis_errors(fn: F) -> F:
-    """Dataset, filter and missing-extra problems as one clear line and exit code 2."""
+    """Bad values the libraries reject with a plain ``ValueError`` and a missing extra, as
+    one clear line and exit code 2 (the project's own errors are ``handle_errors``')."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (DatasetError, FilterError, ValueError) as e:
+        except InstructForgeError:
+            raise
+        except ValueError as e:
             print_error(e)
             raise typer.Exit(2) from None
         except RuntimeError as e:  # e.g. the analysis extra is not installed
@@ -126,14 +164,10 @@ def analyze_cmd(
         int | None,
         typer.Option("--max-embed", min=1, help="Embed at most N records (a fixed sample)."),
     ] = 20_000,
-    duplicate_threshold: Annotated[
-        float, typer.Option("--duplicate-threshold", min=0.0, max=1.0,
-                            help="Cosine similarity of embedding near-duplicates.")
-    ] = 0.95,
-    minhash_threshold: Annotated[
-        float, typer.Option("--minhash-threshold", min=0.0, max=1.0,
-                            help="Jaccard similarity of MinHash near-duplicates.")
-    ] = 0.8,
+    near_dup_threshold: NearDupThresholdOpt = NEAR_DUP_THRESHOLD,
+    embedding_threshold: EmbeddingThresholdOpt = EMBEDDING_THRESHOLD,
+    minhash_threshold: MinhashThresholdAlias = None,
+    duplicate_threshold: DuplicateThresholdAlias = None,
     judge: JudgeOpt = None,
     base_url: BaseUrlOpt = None,
     api_key: ApiKeyOpt = None,
@@ -167,8 +201,11 @@ def analyze_cmd(
         out_dir=str(output) if output else None,
         instruction_field=instruction_field, response_field=response_field, id_field=id_field,
         tokenizer=tokenizer, embeddings=embeddings, embedding_model=embedding_model,
-        projection=projection, max_embed=max_embed, duplicate_threshold=duplicate_threshold,
-        minhash_threshold=minhash_threshold,
+        projection=projection, max_embed=max_embed,
+        near_dup_threshold=_renamed(near_dup_threshold, minhash_threshold, "--minhash-threshold",
+                                    "--near-dup-threshold"),
+        embedding_threshold=_renamed(embedding_threshold, duplicate_threshold,
+                                     "--duplicate-threshold", "--embedding-threshold"),
         judge=JudgeConfig(ratings=_split(ratings), tags=tags, max_tokens=judge_max_tokens,
                           concurrency=judge_concurrency),
         judge_limit=judge_limit, report=report, seed=seed,
@@ -233,14 +270,10 @@ def filter_cmd(
         str, typer.Option("--dedup", help=f"Duplicate removal, comma-separated, applied in "
                           f"order: {', '.join(DEDUP_KINDS)}; '' for none.")
     ] = "exact",
-    minhash_threshold: Annotated[
-        float, typer.Option("--minhash-threshold", min=0.0, max=1.0,
-                            help="Jaccard similarity that makes a MinHash duplicate.")
-    ] = 0.8,
-    embedding_threshold: Annotated[
-        float, typer.Option("--embedding-threshold", min=0.0, max=1.0,
-                            help="Cosine similarity that makes an embedding duplicate.")
-    ] = 0.95,
+    near_dup_threshold: NearDupThresholdOpt = NEAR_DUP_THRESHOLD,
+    embedding_threshold: EmbeddingThresholdOpt = EMBEDDING_THRESHOLD,
+    minhash_threshold: MinhashThresholdAlias = None,
+    duplicate_threshold: DuplicateThresholdAlias = None,
     embedding_model: EmbeddingModelOpt = None,
     instruction_field: InstructionFieldOpt = None,
     response_field: ResponseFieldOpt = None,
@@ -265,10 +298,13 @@ def filter_cmd(
     Example: [bold]instructforge filter runs/demo -o runs/demo-clean --min-quality good
     --dedup exact,minhash,embedding[/bold]
     """
-    cfg = FilterConfig(
+    cfg = DatasetFilterConfig(
         min_quality=min_quality, min_difficulty=min_difficulty, max_difficulty=max_difficulty,
         categories=tuple(category or ()), dedup=_split(dedup),
-        minhash_threshold=minhash_threshold, embedding_threshold=embedding_threshold,
+        near_dup_threshold=_renamed(near_dup_threshold, minhash_threshold, "--minhash-threshold",
+                                    "--near-dup-threshold"),
+        embedding_threshold=_renamed(embedding_threshold, duplicate_threshold,
+                                     "--duplicate-threshold", "--embedding-threshold"),
         embedding_model=embedding_model, instruction_field=instruction_field,
         response_field=response_field, id_field=id_field,
         judge=JudgeConfig(ratings=(), tags=False, max_tokens=judge_max_tokens,

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import functools
-import json
 import re
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -17,9 +15,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from instructforge.engine import JobAborted, JobResult, RunDirError
-from instructforge.inputs import InputError
-from instructforge.llm import LLMError
+from instructforge.engine import JobResult
+from instructforge.errors import InstructForgeError
 from instructforge.llm.urls import redact_urls
 
 app = typer.Typer(
@@ -186,21 +183,16 @@ def exit_if_incomplete(result: JobResult) -> None:
 
 
 def handle_errors(fn: F) -> F:
-    """Turn expected failures into a clear message and exit code, never a bare traceback."""
+    """Turn expected failures (any :class:`InstructForgeError`) into ``error: MESSAGE`` and
+    the error's exit code, never a bare traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except InputError as e:
+        except InstructForgeError as e:  # 2: input, options, run directory; 1: LLM, job
             print_error(e)
-            raise typer.Exit(2) from None
-        except RunDirError as e:
-            print_error(e)
-            raise typer.Exit(2) from None
-        except (LLMError, JobAborted) as e:
-            print_error(e)
-            raise typer.Exit(1) from None
+            raise typer.Exit(e.exit_code) from None
         except KeyboardInterrupt:
             console.print("interrupted; rerun the same command to resume.")
             raise typer.Exit(130) from None
@@ -245,6 +237,3 @@ def print_usage(usage: dict[str, Any]) -> None:
                       str(u["prompt_tokens"]), str(u["completion_tokens"]))
     console.print(t)
 
-
-def dump_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2) + "\n")

@@ -17,7 +17,6 @@ from instructforge.cli.common import (
     handle_errors,
     out,
     positive,
-    print_error,
 )
 
 
@@ -69,7 +68,7 @@ def eval_cmd(
     Example: [bold]instructforge eval --model models/evolved --baseline models/seeds
     --task pairwise -o evals/pairwise[/bold]
     """
-    from instructforge.tuning.eval import EvalConfig, EvalError, evaluate, results_table
+    from instructforge.tuning.eval import EvalConfig, evaluate, results_table
 
     cfg = EvalConfig(
         task=task.value, model=model, baseline=baseline, judge_model=judge_model, data=data,
@@ -84,10 +83,6 @@ def eval_cmd(
             console.print(f"[yellow]warning:[/yellow] --unsafe-exec: running model-written code "
                           f"without an OS sandbox ({escape(problem)}); it can read your files "
                           "and environment and reach the network.", highlight=False)
-    try:
-        res = evaluate(cfg, output, run_dir=run)
-    except EvalError as e:
-        print_error(e)
-        raise typer.Exit(2) from None
+    res = evaluate(cfg, output, run_dir=run)
     out.print(results_table(res), markup=False, highlight=False)
     console.print(f"results: {output / 'results.json'}", highlight=False)

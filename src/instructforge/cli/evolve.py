@@ -246,11 +246,7 @@ def lineage_cmd(
 
     Example: [bold]instructforge lineage runs/demo seed-04-r2[/bold]
     """
-    try:
-        records = chain_records(run_dir, record_id)
-    except EvolError as e:
-        print_error(e)
-        raise typer.Exit(2) from None
+    records = chain_records(run_dir, record_id)
     if as_json:
         import json
 

@@ -9,7 +9,8 @@ from typing import Annotated
 import typer
 
 from instructforge.cli import app
-from instructforge.tuning.export import ExportError, export_run
+from instructforge.cli.common import handle_errors
+from instructforge.tuning.export import export_run
 
 
 class ExportFormat(StrEnum):
@@ -19,6 +20,7 @@ class ExportFormat(StrEnum):
 
 
 @app.command("export")
+@handle_errors
 def export_command(
     run_dir: Annotated[Path, typer.Argument(help="Run directory (or a records .jsonl file).")],
     fmt: Annotated[
@@ -31,10 +33,6 @@ def export_command(
     ] = None,
 ) -> None:
     """Export a run's kept records as JSONL that trainers and `datasets` load."""
-    try:
-        res = export_run(run_dir, fmt.value, output)
-    except ExportError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
+    res = export_run(run_dir, fmt.value, output)
     skipped = ", ".join(f"{n} {why}" for why, n in res.skipped.items()) or "none"
     typer.echo(f"wrote {res.written} rows to {res.path} (skipped: {skipped})")

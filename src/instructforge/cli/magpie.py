@@ -33,6 +33,7 @@ from instructforge.cli.common import (
     print_usage,
     terminal_text,
 )
+from instructforge.dedup import NEAR_DUP_THRESHOLD
 from instructforge.engine import RunDir
 from instructforge.llm.config import ModelConfig
 from instructforge.llm.templates import template_names
@@ -157,7 +158,7 @@ def magpie_cmd(
     near_dup_threshold: Annotated[
         float, typer.Option(min=0.0, max=1.0, help="MinHash Jaccard at or above which a query "
                             "is a near-duplicate.")
-    ] = 0.7,
+    ] = NEAR_DUP_THRESHOLD,
     disable_filter: Annotated[
         list[str] | None,
         typer.Option("--disable-filter", help="Turn a filter off (repeatable): "

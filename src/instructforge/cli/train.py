@@ -7,8 +7,15 @@ from typing import Annotated
 
 import typer
 
-from instructforge.cli.common import ConfigOpt, ProgressOpt, app, console, positive, print_error
-from instructforge.tuning.export import ExportError
+from instructforge.cli.common import (
+    ConfigOpt,
+    ProgressOpt,
+    app,
+    console,
+    handle_errors,
+    positive,
+    print_error,
+)
 
 
 def _steps(value: int) -> int:
@@ -18,6 +25,7 @@ def _steps(value: int) -> int:
 
 
 @app.command("train")
+@handle_errors
 def train_cmd(
     run_dir: Annotated[Path, typer.Argument(help="Run directory (or a records/messages .jsonl).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Model folder to write.")],
@@ -58,7 +66,7 @@ def train_cmd(
 
     Example: [bold]instructforge train runs/demo --base-model embedded -o models/demo --lora[/bold]
     """
-    from instructforge.tuning.train import TrainConfig, TrainError, train
+    from instructforge.tuning.train import TrainConfig, train
 
     cfg = TrainConfig(
         base_model=base_model, output_dir=str(output), epochs=epochs, max_steps=max_steps,
@@ -67,11 +75,7 @@ def train_cmd(
         save_steps=save_steps, logging_steps=logging_steps, seed=seed, max_records=limit,
         resume=resume, device=device, progress=progress,
     )
-    try:
-        res = train(run_dir, cfg)
-    except (TrainError, ExportError) as e:
-        print_error(e)
-        raise typer.Exit(2) from None
+    res = train(run_dir, cfg)
     first = res.losses[0][1] if res.losses else float("nan")
     last = res.losses[-1][1] if res.losses else float("nan")
     resumed = f", resumed from {res.resumed_from}" if res.resumed_from else ""
@@ -81,6 +85,7 @@ def train_cmd(
 
 
 @app.command("experiment")
+@handle_errors
 def experiment_cmd(
     recipe: Annotated[Path, typer.Argument(help="Recipe YAML, e.g. "
                                            "examples/seeds-vs-evolved.yaml.")],
@@ -95,7 +100,7 @@ def experiment_cmd(
 
     Example: [bold]instructforge experiment examples/seeds-vs-evolved.yaml[/bold]
     """
-    from instructforge.tuning.experiment import RecipeError, run_experiment
+    from instructforge.tuning.experiment import run_experiment
 
     overrides = {}
     for item in set_ or []:
@@ -104,9 +109,5 @@ def experiment_cmd(
             print_error(f"--set {item!r}: expected NAME=VALUE")
             raise typer.Exit(2)
         overrides[name.strip()] = value
-    try:
-        run_experiment(recipe, overrides=overrides, only=step, dry_run=dry_run,
-                       echo=lambda s: console.print(s, highlight=False, markup=False))
-    except RecipeError as e:
-        print_error(e)
-        raise typer.Exit(2) from None
+    run_experiment(recipe, overrides=overrides, only=step, dry_run=dry_run,
+                   echo=lambda s: console.print(s, highlight=False, markup=False))

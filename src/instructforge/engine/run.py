@@ -31,6 +31,7 @@ from instructforge.engine.cache import RequestCache
 from instructforge.engine.context import Context, Usage
 from instructforge.engine.progress import JobProgress
 from instructforge.engine.store import RunDir, RunDirError, Store, iter_jsonl
+from instructforge.errors import EXIT_FAILED, InstructForgeError
 from instructforge.files import atomic_path, write_atomic
 from instructforge.llm.base import LLM, LLMError
 from instructforge.records import Record, id_problem
@@ -38,8 +39,10 @@ from instructforge.records import Record, id_problem
 ProcessFn = Callable[[Record, Context], Awaitable[list[Record]]]
 
 
-class JobAborted(RuntimeError):
+class JobAborted(InstructForgeError, RuntimeError):
     """The job stopped early (e.g. the server went away); everything finished is kept."""
+
+    exit_code = EXIT_FAILED
 
 
 @dataclass

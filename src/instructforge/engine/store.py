@@ -36,6 +36,7 @@ from typing import IO, Any
 
 import yaml
 
+from instructforge.errors import InstructForgeError
 from instructforge.files import open_atomic, write_atomic
 from instructforge.llm.urls import redact_urls
 from instructforge.records import IdIndex, Record, id_problem, rejected
@@ -49,7 +50,7 @@ RUN_OPTIONS = frozenset({
 })
 
 
-class RunDirError(ValueError):
+class RunDirError(InstructForgeError, ValueError):
     """A run directory that cannot be used as asked (another process holds it, or it was
     made with other options), explained."""
 

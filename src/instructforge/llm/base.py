@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from instructforge.errors import EXIT_FAILED, InstructForgeError
+
 Message = dict[str, str]
 
 
@@ -127,13 +129,15 @@ class Completion:
         )
 
 
-class LLMError(RuntimeError):
+class LLMError(InstructForgeError, RuntimeError):
     """A request failed for good (after retries), with a message a user can act on.
 
     ``retries`` counts the attempts made again before giving up, by cause (as
     :attr:`Completion.retries`); ``step`` and ``model`` say which call failed (the engine
     fills them in).
     """
+
+    exit_code = EXIT_FAILED
 
     def __init__(self, message: str = "", *, retries: dict[str, int] | None = None) -> None:
         super().__init__(message)

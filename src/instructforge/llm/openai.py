@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import random
 from collections import Counter
 from collections.abc import Callable
@@ -558,10 +557,3 @@ def _model_list(data: Any) -> list[str]:
         raise _Unusable("malformed", "the model list has no `data` list")
     return [str(m.get("id") or m.get("name", "")) for m in models if isinstance(m, dict)]
 
-
-def from_env(model: str | None = None, **kw: Any) -> OpenAICompatible:
-    """An :class:`OpenAICompatible` on ``OPENAI_BASE_URL`` / ``OPENAI_API_KEY``."""
-    base = os.environ.get("OPENAI_BASE_URL")
-    if not base:
-        raise LLMError("OPENAI_BASE_URL is not set; give --base-url or set the variable.")
-    return OpenAICompatible(base, model, os.environ.get("OPENAI_API_KEY"), **kw)

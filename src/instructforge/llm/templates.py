@@ -31,6 +31,7 @@ import jinja2
 from jinja2.ext import loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from instructforge.errors import InstructForgeError
 from instructforge.llm.base import LLM, Message
 
 __all__ = [
@@ -49,7 +50,7 @@ __all__ = [
 ]
 
 
-class TemplateError(ValueError):
+class TemplateError(InstructForgeError, ValueError):
     """A chat template is unknown or cannot be read; the message says what to do."""
 
 
@@ -138,11 +139,6 @@ class ChatTemplate:
                  self.post_query, self.end_of_turn]
         toks = special_tokens_in("".join(parts))
         return tuple(dict.fromkeys([*toks, *self.extra_special_tokens]))
-
-    @property
-    def supports_system(self) -> bool:
-        """Whether the layout has a system turn of its own (else system text joins turn one)."""
-        return self.system_open is not None
 
     # -- rendering ------------------------------------------------------------------------------
     def render(self, messages: list[Message], *, use_default_system: bool = True,

@@ -54,6 +54,7 @@ import jinja2
 
 from instructforge.engine import Context, JobResult, RequestCache, RunDir, preflight
 from instructforge.engine.run import save_usage
+from instructforge.errors import InstructForgeError
 from instructforge.files import write_atomic
 from instructforge.inputs import InstructionSource
 from instructforge.llm import LLM, Completion, Message, RawCompletionUnsupported, SamplingParams
@@ -86,7 +87,7 @@ AUTO_EVOL_PROMPT_PATTERNS: tuple[str, ...] = (
 )
 
 
-class AutoEvolError(ValueError):
+class AutoEvolError(InstructForgeError, ValueError):
     """A configuration or method-file problem, explained."""
 
 

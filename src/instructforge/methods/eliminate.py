@@ -130,7 +130,7 @@ class Finding:
 
 
 @dataclass
-class Verdict:
+class EqualityVerdict:
     """A parsed Equal / Not Equal judgement. ``label`` is None when no verdict was found."""
 
     label: str | None  # "equal", "not_equal" or None
@@ -442,12 +442,12 @@ _FALLBACK_EQUAL = re.compile(r"\b(?:identical|the\s+same|same)\b")
 _FALLBACK_NOT_EQUAL = re.compile(r"\b(?:different|differ|distinct)\b")
 
 
-def parse_equality_verdict(text: str) -> Verdict:
+def parse_equality_verdict(text: str) -> EqualityVerdict:
     """Read an Equal / Not Equal judgement, tolerant of case, punctuation and prose.
 
     The first verdict word wins (the judge is told to answer first); an echo of the
     question's "Equal or Not Equal" is ignored; "identical"/"same" and "different" are
-    read when neither word appears. Returns ``Verdict(None)`` when there is no verdict.
+    read when neither word appears. Returns ``EqualityVerdict(None)`` when there is no verdict.
 
     >>> parse_equality_verdict("I think they are equal, since both ask the same.").label
     'equal'
@@ -462,16 +462,16 @@ def parse_equality_verdict(text: str) -> Verdict:
             for m in _VERDICT.finditer(plain)]
     if hits:
         labels = {label for _, label in hits}
-        return Verdict(hits[0][1], hits[0][0], ambiguous=len(labels) > 1)
+        return EqualityVerdict(hits[0][1], hits[0][0], ambiguous=len(labels) > 1)
     eq, neq = _FALLBACK_EQUAL.search(plain), _FALLBACK_NOT_EQUAL.search(plain)
     if eq and neq:
         first = eq if eq.start() < neq.start() else neq
-        return Verdict("equal" if first is eq else "not_equal", first.group(0), ambiguous=True)
+        return EqualityVerdict("equal" if first is eq else "not_equal", first.group(0), ambiguous=True)
     if eq:
-        return Verdict("equal", eq.group(0))
+        return EqualityVerdict("equal", eq.group(0))
     if neq:
-        return Verdict("not_equal", neq.group(0))
-    return Verdict(None)
+        return EqualityVerdict("not_equal", neq.group(0))
+    return EqualityVerdict(None)
 
 
 def same_text(parent: str, child: str) -> bool:
@@ -500,7 +500,7 @@ def no_information_gain(parent: str, child: str, judge_text: str | None) -> Find
         raise ValueError("judge_text is required unless parent and child are the same text")
     exact = read_choice(judge_text, EQUALITY_CHOICES) if judge_text.strip().startswith(
         ("{", '"')) or judge_text.strip() in EQUALITY_CHOICES else None
-    verdict = (Verdict("equal" if exact == "Equal" else "not_equal", exact) if exact
+    verdict = (EqualityVerdict("equal" if exact == "Equal" else "not_equal", exact) if exact
                else parse_equality_verdict(judge_text))
     evidence = {
         "judge": judge_text[:300],

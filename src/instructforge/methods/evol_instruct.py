@@ -37,6 +37,7 @@ import jinja2
 import jinja2.meta
 
 from instructforge.engine import Context, Job, JobResult, RunDir
+from instructforge.errors import InstructForgeError
 from instructforge.files import write_atomic
 from instructforge.inputs import InputError, InstructionSource
 from instructforge.llm import LLM, Completion, SamplingParams
@@ -60,7 +61,7 @@ IN_DEPTH = ("add_constraints", "deepening", "concretizing", "increased_reasoning
 IN_BREADTH = ("in_breadth",)
 
 
-class EvolError(ValueError):
+class EvolError(InstructForgeError, ValueError):
     """A configuration problem (unknown operation, bad weight, bad template), explained."""
 
 

@@ -7,35 +7,23 @@ A filter returns ``None`` (keep) or a :class:`Rejection` whose ``rule``, ``reaso
     f.check("Wie backe ich Brot?", field="instruction")
     # Rejection(rule='language', reason='instruction is in de, not one of en', ...)
 
-The deduplicators (:class:`ExactDedup`, :class:`NearDedup`) hold state across the stream; the
+The deduplicators (:class:`ExactDedup`, :class:`NearDedup`, defined in
+:mod:`instructforge.dedup` for every command) hold state across the stream; the
 Magpie job rebuilds them from the run's existing output on resume.
 """
 
 from __future__ import annotations
 
-import hashlib
 import re
-import unicodedata
 import zlib
-from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-import numpy as np
-from datasketch import MinHash, MinHashLSH
-
+from instructforge.dedup import NEAR_DUP_THRESHOLD, NUM_PERM, ExactDedup, NearDedup
 from instructforge.llm.templates import special_tokens_in
-
-
-@dataclass(frozen=True)
-class Rejection:
-    """Why a text was dropped (the fields of a record's ``rejection``)."""
-
-    rule: str
-    reason: str
-    evidence: Any = None
+from instructforge.records import Rejection
 
 
 @dataclass
@@ -62,8 +50,8 @@ class FilterConfig:
     min_language_chars: int = 20
     exact_dedup: bool = True
     near_dedup: bool = True
-    near_dup_threshold: float = 0.7
-    num_perm: int = 128
+    near_dup_threshold: float = NEAR_DUP_THRESHOLD
+    num_perm: int = NUM_PERM
 
     def describe(self) -> dict[str, Any]:
         """Plain data for config.yaml."""
@@ -200,106 +188,6 @@ def check_language(text: str, *, field: str, languages: Iterable[str],
     return None
 
 
-# -- stream-wide deduplication -----------------------------------------------------------------
-
-def normalise(text: str) -> str:
-    """Case-, accent-width-, punctuation- and whitespace-insensitive form for duplicate checks.
-
-    >>> normalise("  What IS  a cat? ")
-    'what is a cat'
-    """
-    t = unicodedata.normalize("NFKC", text).casefold()
-    return " ".join(_WORD.findall(t))
-
-
-class ExactDedup:
-    """Exact duplicates after :func:`normalise`; remembers what it has kept."""
-
-    def __init__(self) -> None:
-        self._seen: dict[str, str] = {}
-
-    @staticmethod
-    def _key(text: str) -> str:
-        return hashlib.sha256(normalise(text).encode("utf-8")).hexdigest()
-
-    def check(self, text: str, exclude: str | None = None) -> Rejection | None:
-        """A rejection naming the kept record with the same text, or None.
-
-        ``exclude`` is the asking record's own id: on resume it may already be indexed.
-        """
-        first = self._seen.get(self._key(text))
-        if first is not None and first != exclude:
-            return Rejection("exact_duplicate", f"same instruction as {first}",
-                             {"duplicate_of": first})
-        return None
-
-    def add(self, text: str, record_id: str) -> None:
-        self._seen.setdefault(self._key(text), record_id)
-
-    def __len__(self) -> int:
-        return len(self._seen)
-
-
-def _band_key(band: bytes) -> bytes:
-    """An LSH band's key: 8 bytes instead of the band's raw hash values."""
-    return hashlib.blake2b(band, digest_size=8).digest()
-
-
-class NearDedup:
-    """Near-duplicates by MinHash LSH (``datasketch``) over character 5-gram shingles.
-
-    Jaccard similarity of the shingle sets (estimated by MinHash) at or above ``threshold``
-    counts as a duplicate.  Character shingles, not word n-grams: instructions are short, and
-    one changed word would knock out three of twenty word 3-grams but few character ones.
-    """
-
-    def __init__(self, threshold: float = 0.7, num_perm: int = 128) -> None:
-        self.threshold = threshold
-        self.num_perm = num_perm
-        # Band keys hashed to 8 bytes, and only each kept text's hash values (not a MinHash
-        # object with its own copy of the permutations, made anew for every text): about
-        # 4.7 KiB per kept text instead of 6.4, and half the time per check.
-        self._lsh = MinHashLSH(threshold=threshold, num_perm=num_perm, hashfunc=_band_key)
-        proto = MinHash(num_perm=num_perm, seed=1)
-        self._permutations, self._scheme = proto.permutations, proto.scheme
-        self._hashes: dict[str, np.ndarray] = {}
-
-    def _minhash(self, text: str) -> MinHash:
-        t = normalise(text)
-        shingles = {t[i: i + 5] for i in range(max(1, len(t) - 4))}
-        m = MinHash(num_perm=self.num_perm, seed=1, permutations=self._permutations,
-                    scheme=self._scheme)
-        m.update_batch([s.encode("utf-8") for s in shingles] or [b""])
-        return m
-
-    def check(self, text: str, exclude: str | None = None) -> Rejection | None:
-        """A rejection naming the most similar kept record (other than ``exclude``), or None."""
-        m = self._minhash(text)
-        best: tuple[float, str] | None = None
-        for key in self._lsh.query(m):
-            if key == exclude:
-                continue
-            sim = float(np.count_nonzero(m.hashvalues == self._hashes[key])) / self.num_perm
-            if sim >= self.threshold and (best is None or sim > best[0]):
-                best = (sim, key)
-        if best is not None:
-            return Rejection("near_duplicate",
-                             f"near-duplicate of {best[1]} (MinHash Jaccard {best[0]:.2f} >= "
-                             f"{self.threshold})",
-                             {"duplicate_of": best[1], "jaccard": round(best[0], 3)})
-        return None
-
-    def add(self, text: str, record_id: str) -> None:
-        if record_id in self._hashes:
-            return
-        m = self._minhash(text)
-        self._hashes[record_id] = m.hashvalues
-        self._lsh.insert(record_id, m)
-
-    def __len__(self) -> int:
-        return len(self._hashes)
-
-
 @dataclass
 class TextFilters:
     """The configured filters, applied in a fixed order (cheapest first)."""
@@ -367,11 +255,3 @@ class TextFilters:
         if self.config.near_dedup and self.near is not None:
             self.near.add(text, record_id)
 
-
-def word_counts(texts: Iterable[str]) -> Counter[str]:
-    """How often each first word opens a text (a quick diversity check for reports).
-
-    >>> word_counts(["I am", "I was", "What is"]).most_common(1)
-    [('i', 2)]
-    """
-    return Counter((normalise(t).split() or [""])[0] for t in texts)

@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from instructforge.engine import Context, run_job
+from instructforge.errors import InstructForgeError
+from instructforge.inputs import InputError, Row, read_rows
 from instructforge.llm import LLM, SamplingParams, make_llm
 from instructforge.llm.urls import redact_urls
 from instructforge.records import Record, new_record, stable_id, stable_seed
@@ -53,7 +55,7 @@ QUESTION_FIELDS = ("question", "instruction", "prompt", "turns")
 ID_FIELDS = ("id", "question_id", "task_id")
 
 
-class EvalError(ValueError):
+class EvalError(InstructForgeError, ValueError):
     """Bad evaluation input (data file, task or options), with the file/line/field at fault."""
 
 
@@ -97,32 +99,30 @@ def load_items(task: str, path: str | Path | None = None, limit: int | None = No
     if not p.is_file():
         raise EvalError(f"{p}: no such data file")
     items: list[dict] = []
-    with p.open("rb") as fh:
-        for line_no, raw in enumerate(fh, start=1):
-            if not raw.strip():
-                continue
-            where = f"{p}:{line_no}"
-            try:
-                row = json.loads(raw.decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as e:
-                raise EvalError(f"{where}: invalid JSON line ({e})") from None
-            if not isinstance(row, dict):
-                raise EvalError(f"{where}: expected a JSON object")
-            for f in REQUIRED_FIELDS[task]:
-                if not isinstance(row.get(f), str) or not row[f].strip():
-                    raise EvalError(f"{where}: field {f!r} is missing or not a non-empty string")
-            if task == "pairwise" and question_text(row) is None:
-                raise EvalError(
-                    f"{where}: no question; give one of the fields {', '.join(QUESTION_FIELDS)}"
-                )
-            item_id = next((str(row[k]) for k in ID_FIELDS if row.get(k) is not None), None)
-            items.append({"id": item_id or f"line{line_no}", "line": line_no, "file": str(p),
-                          "row": row})
+    try:
+        for found in read_rows(p):  # the reader every command shares
+            items.append(_item(task, p, found))
             if limit is not None and len(items) >= limit:
                 break
+    except InputError as e:
+        raise EvalError("\n".join(e.problems)) from None
     if not items:
         raise EvalError(f"{p}: no rows")
     return items
+
+
+def _item(task: str, p: Path, found: Row) -> dict[str, Any]:
+    """One row as an item, or :class:`EvalError` naming its line and field."""
+    where, row = f"{p}:{found.line}", found.data
+    if found.problem is not None or row is None:
+        raise EvalError(f"{where}: {found.problem}")
+    for f in REQUIRED_FIELDS[task]:
+        if not isinstance(row.get(f), str) or not row[f].strip():
+            raise EvalError(f"{where}: field {f!r} is missing or not a non-empty string")
+    if task == "pairwise" and question_text(row) is None:
+        raise EvalError(f"{where}: no question; give one of the fields {', '.join(QUESTION_FIELDS)}")
+    item_id = next((str(row[k]) for k in ID_FIELDS if row.get(k) is not None), None)
+    return {"id": item_id or f"line{found.line}", "line": found.line, "file": str(p), "row": row}
 
 
 def question_text(row: dict[str, Any]) -> str | None:

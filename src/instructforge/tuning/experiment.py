@@ -25,8 +25,10 @@ from typing import Any
 
 import yaml
 
+from instructforge.errors import InstructForgeError
 
-class RecipeError(ValueError):
+
+class RecipeError(InstructForgeError, ValueError):
     """A recipe file that cannot be run, with the file and step at fault."""
 
 

@@ -26,15 +26,16 @@ from pathlib import Path
 from typing import Any
 
 from instructforge.engine.store import partial_path, unfinished_problem
+from instructforge.errors import InstructForgeError
 from instructforge.files import open_atomic
-from instructforge.records import Record
+from instructforge.inputs import InputError, read_rows
+from instructforge.records import Record, messages_problem
 
 FORMATS = ("messages", "alpaca", "sharegpt")
-ROLES = ("system", "user", "assistant")
 SHAREGPT_ROLES = {"system": "system", "user": "human", "assistant": "gpt"}
 
 
-class ExportError(ValueError):
+class ExportError(InstructForgeError, ValueError):
     """A records file that cannot be exported, with the file, line and field at fault."""
 
 
@@ -70,26 +71,16 @@ def read_records(path: str | Path) -> Iterator[tuple[int, Record]]:
     """
     path = Path(path)
     check_input(path)
-    with path.open("rb") as fh:
-        for line_no, raw in enumerate(fh, start=1):
-            if not raw.strip():
-                continue
-            try:
-                rec = json.loads(raw.decode("utf-8"))
-            except UnicodeDecodeError as e:
-                raise ExportError(f"{path}:{line_no}: not valid UTF-8 ({e.reason})") from None
-            except json.JSONDecodeError as e:
-                if not raw.endswith(b"\n"):
-                    raise ExportError(
-                        f"{path}:{line_no}: the last record is cut short (the job writing it "
-                        "was stopped); rerun that job, which repairs the file"
-                    ) from None
-                raise ExportError(f"{path}:{line_no}: invalid JSON ({e.msg})") from None
-            if not isinstance(rec, dict):
-                got = type(rec).__name__
-                raise ExportError(f"{path}:{line_no}: expected a JSON object, got {got}")
-            _check_messages(rec.get("messages"), f"{path}:{line_no}")
-            yield line_no, rec
+    try:
+        for row in read_rows(path):
+            if row.problem is not None:
+                raise ExportError(f"{row.where}: {row.problem}")
+            assert row.data is not None
+            if problem := messages_problem(row.data.get("messages")):
+                raise ExportError(f"{row.where}: {problem}")
+            yield row.line, row.data
+    except InputError as e:
+        raise ExportError("\n".join(e.problems)) from None
 
 
 def check_input(path: Path) -> None:
@@ -104,20 +95,6 @@ def check_input(path: Path) -> None:
         raise ExportError(
             f"{path}: no such file (expected a run directory with data/records.jsonl){hint}"
         )
-
-
-def _check_messages(messages: Any, where: str) -> None:
-    if not isinstance(messages, list):
-        raise ExportError(f"{where}: field 'messages' must be a list of {{role, content}} objects")
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict):
-            raise ExportError(f"{where}: field 'messages[{i}]' must be an object")
-        if m.get("role") not in ROLES:
-            raise ExportError(
-                f"{where}: field 'messages[{i}].role' is {m.get('role')!r}; expected one of {ROLES}"
-            )
-        if not isinstance(m.get("content"), str):
-            raise ExportError(f"{where}: field 'messages[{i}].content' must be a string")
 
 
 def training_messages(record: Record) -> list[dict[str, str]] | None:

@@ -44,6 +44,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from instructforge.errors import InstructForgeError
+
 RUNNER = Path(__file__).with_name("_sandbox_runner.py")
 INSTALL_HINT = (
     "install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap; Fedora: dnf install "
@@ -58,7 +60,7 @@ SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 OPTIONAL_FLAGS = ("--disable-userns", "--size")
 
 
-class SandboxUnavailable(RuntimeError):
+class SandboxUnavailable(InstructForgeError, RuntimeError):
     """No working OS sandbox on this machine (the message says why and what to install)."""
 
 

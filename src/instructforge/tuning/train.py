@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from instructforge.errors import InstructForgeError
 from instructforge.files import write_atomic
 from instructforge.tuning import train_extra_missing
 from instructforge.tuning.export import read_records, records_path, training_messages
@@ -40,7 +41,7 @@ CHATML_TOKENS = ("<|im_start|>", "<|im_end|>")
 IGNORE_INDEX = -100  # the label value PyTorch's cross-entropy skips
 
 
-class TrainError(ValueError):
+class TrainError(InstructForgeError, ValueError):
     """Training cannot start: a bad base model, run directory or chat template."""
 
 
