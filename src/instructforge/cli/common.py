@@ -116,8 +116,8 @@ MaxConcurrencyOpt = Annotated[
 ]
 TimeoutOpt = Annotated[
     float | None,
-    typer.Option("--timeout", callback=positive, help="Seconds one attempt of a request may take, answer included "
-                 "(> 0; default: 120; embedded: 600). Connecting may take 10 s."),
+    typer.Option("--timeout", callback=positive, help="Seconds per attempt (> 0), answer "
+                 "included (default: 120; embedded: 600; connecting: 10 s at most)."),
 ]
 MaxRetriesOpt = Annotated[
     int | None,
