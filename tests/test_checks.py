@@ -51,6 +51,18 @@ def test_rule4_an_output_label_is_formatting_not_an_echo(raw):
     assert not copies_evolving_prompt(child, normalisations=norms).fired
 
 
+@pytest.mark.parametrize("child, fired", [
+    # Seen from Qwen2.5-Coder-1.5B on in-breadth, whose prompt asks for "a brand-new prompt".
+    ("Here's a new prompt inspired by the given one, about shopping:\n\nSelect the shortest "
+     "sentence in the paragraph.", True),
+    ("Certainly! I'll create a brand-new prompt based on the essay question.", True),
+    ("Write a new poem about the sea, in four lines.", False),
+    ("Suggest a prompt for an image generator that shows a new city at night.", False),
+])
+def test_rule4_the_in_breadth_prompts_words_are_an_echo(child, fired):
+    assert copies_evolving_prompt(child).fired is fired
+
+
 def test_rule4_an_input_label_where_the_rewrite_should_be_is_an_echo():
     # Seen from the embedded model: the given-prompt label, then an answer to the parent.
     child, norms = normalise_instruction("#The Given Prompt#:\nTo help you choose a movie, "

@@ -90,6 +90,7 @@ EVOLVING_PROMPT_PATTERNS: tuple[str, ...] = (
     r"given[\s_]*prompt",
     r"rewritten[\s_]*prompt",
     r"created[\s_]*prompt",
+    r"(?:a|the|this|my)\s+(?:brand[\s-]*)?new[\s_]*prompt",  # in-breadth: "create a brand-new prompt"
     r"prompt[\s_]*rewriter",
     r"prompt[\s_]*creator",
 )
