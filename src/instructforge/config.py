@@ -15,10 +15,12 @@ import types
 import typing
 from typing import Any, TypeVar
 
+from instructforge.errors import InstructForgeError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(InstructForgeError, ValueError):
     """Saved options that do not make the config (an unknown key, a wrong kind of value)."""
 
 

@@ -23,6 +23,7 @@ from typing import Any
 
 from instructforge.engine.run import JobResult, ProcessFn, run_job
 from instructforge.engine.store import RunDir
+from instructforge.errors import InstructForgeError
 from instructforge.llm.base import LLM
 from instructforge.records import Record
 
@@ -57,7 +58,7 @@ def as_built(made: Built | tuple[ProcessFn, Sequence[LLM]]) -> Built:
     return Built(process, llms)
 
 
-class JobConfigError(ValueError):
+class JobConfigError(InstructForgeError, ValueError):
     """A job that cannot run as asked (an unknown executor), explained."""
 
 
