@@ -51,3 +51,33 @@ def test_dry_run_prints_and_runs_nothing(tmp_path):
                            echo=lines.append)
     assert len(lines) == len(steps) == 7
     assert not (tmp_path / "w").exists()
+
+
+def test_steps_run_in_this_process_and_a_failing_step_stops_the_recipe(tmp_path, monkeypatch):
+    import subprocess
+
+    from instructforge.cli.train import run_command
+
+    def no_subprocess(*a, **kw):
+        raise AssertionError("a recipe step was run as a subprocess")
+
+    monkeypatch.setattr(subprocess, "run", no_subprocess)
+    monkeypatch.setattr(subprocess, "Popen", no_subprocess)
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text('{"instruction": "Name a fruit."}\n')
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "vars: {out: " + str(tmp_path / "run") + "}\n"
+        "steps:\n"
+        f"  - {{name: plan, command: respond, args: [{seeds}, -o, '{{out}}', --dry-run]}}\n"
+        "  - {name: bad, command: respond, args: [no-such-file.jsonl, -o, '{out}', --dry-run]}\n"
+        "  - {name: never, command: respond, args: [--help]}\n")
+    ran: list[list[str]] = []
+
+    def run_step(argv: list[str]) -> int:
+        ran.append(argv)
+        return run_command(argv)
+
+    with pytest.raises(RecipeError, match="step 'bad' failed \\(exit 2\\)"):
+        run_experiment(recipe, run_step=run_step, echo=lambda s: None)
+    assert [a[-1] for a in ran] == ["--dry-run", "--dry-run"]  # the third step never ran

@@ -23,12 +23,9 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from functools import lru_cache
-from importlib import resources
 from typing import Any
 
-import jinja2
-
+from instructforge import prompt_files
 from instructforge.analysis.parsing import clean_label, find_json
 from instructforge.llm.base import LLM, Completion, Message, SamplingParams
 from instructforge.llm.structured import CHOICE_KEY, read_choice, read_json
@@ -87,24 +84,13 @@ RATINGS: dict[str, RatingKind] = {
 }
 
 
-@lru_cache(maxsize=1)
-def _env() -> jinja2.Environment:
-    folder = resources.files("instructforge") / "prompts" / "analysis"
-    return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(folder)),
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=False,
-        autoescape=False,  # prompts are plain text, not HTML
-    )
-
-
 def render_prompt(template: str, **variables: Any) -> str:
     """Render ``prompts/analysis/<template>`` with ``variables``.
 
     >>> "Query: Hi" in render_prompt("tags.jinja", input="Hi")
     True
     """
-    return _env().get_template(template).render(**variables).strip()
+    return prompt_files.render_prompt("analysis", template, **variables)
 
 
 def _label_regex(labels: tuple[str, ...]) -> re.Pattern[str]:

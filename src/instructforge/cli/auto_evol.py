@@ -28,7 +28,6 @@ from instructforge.cli.common import (
     handle_errors,
     out,
     positive,
-    print_error,
     print_plan,
     print_usage,
 )
@@ -46,7 +45,7 @@ from instructforge.methods.auto_evol import (
     estimate,
     evol_config,
 )
-from instructforge.methods.evol_instruct import EvolError, read_summary
+from instructforge.methods.evol_instruct import read_summary
 
 _SPEC_HELP = ("Model spec: 'embedded' (SmolLM2-135M on CPU, a smoke-test model), "
               "'embedded:qwen2.5-coder-1.5b' (stronger, CPU), a .gguf path, 'openai:MODEL@URL', "
@@ -158,55 +157,51 @@ def auto_evol_cmd(
 
     Example: [bold]instructforge auto-evol examples/seeds.jsonl -o runs/auto --steps 2 -m 3 --dev-size 10[/bold]
     """
-    try:
-        disabled = set(disable_rule or [])
-        unknown = disabled - set(_RULES)
-        if unknown:
-            raise AutoEvolError(f"unknown rule(s) {', '.join(sorted(unknown))}; "
-                                f"rules: {', '.join(_RULES)}")
-        if rules not in el.PRESETS:
-            raise AutoEvolError(f"unknown rule set {rules!r}; choose one of: "
-                                f"{', '.join(el.PRESETS)}")
+    disabled = set(disable_rule or [])
+    unknown = disabled - set(_RULES)
+    if unknown:
+        raise AutoEvolError(f"unknown rule(s) {', '.join(sorted(unknown))}; "
+                            f"rules: {', '.join(_RULES)}")
+    if rules not in el.PRESETS:
+        raise AutoEvolError(f"unknown rule set {rules!r}; choose one of: "
+                            f"{', '.join(el.PRESETS)}")
 
-        def model(spec: str) -> ModelConfig:
-            return ModelConfig(spec, base_url, None, max_concurrency, timeout, max_retries)
+    def model(spec: str) -> ModelConfig:
+        return ModelConfig(spec, base_url, None, max_concurrency, timeout, max_retries)
 
-        if initial_method is not None:
-            EvolvingMethod.load(initial_method)  # a bad file fails before any call
-        # What the search shares with Evol-Instruct (and the final pass runs) ...
-        evol = evol_config(
-            evol_llm=model(evol_model),
-            **({"response_llm": model(response_model)} if response_model else {}),
-            **({"judge_llm": model(judge_model)} if judge_model else {}),
-            rounds=rounds, seed=seed,
-            elimination=el.EliminationConfig.preset(
-                rules, [r for r in disabled if r in el.ALL_RULES]),
-            evol_temperature=evol_temperature, evol_max_tokens=evol_max_tokens,
-            response_temperature=temperature, response_max_tokens=max_tokens,
-            judge_max_tokens=judge_max_tokens, top_p=top_p, column=column,
-            skip_invalid=skip_invalid, limit=limit, concurrency=concurrency,
-            shared_cache=shared_cache,
-        )
-        # ... and what only the search has.
-        cfg = AutoEvolConfig(
-            evol=evol,
-            optimizer_llm=model(optimizer_model),
-            steps=steps, patience=patience, candidates=candidates,
-            trajectory_steps=trajectory_steps, batch_size=batch_size, dev_size=dev_size,
-            initial_method=str(initial_method) if initial_method else None,
-            failures=FailureConfig(**{r: r not in disabled for r in PAPER_FAILURE_TYPES}),
-            optimizer_temperature=optimizer_temperature,
-            optimizer_max_tokens=optimizer_max_tokens, analysis_max_tokens=analysis_max_tokens,
-        )
-        cfg.check()
-        if dry_run:
-            print_plan(estimate(input, cfg))
-            return
-        result = auto_evolve(input, output, cfg, api_key=api_key, progress=progress,
-                             log=lambda msg: console.print(msg, highlight=False))
-    except (AutoEvolError, EvolError) as e:
-        print_error(e)
-        raise typer.Exit(2) from None
+    if initial_method is not None:
+        EvolvingMethod.load(initial_method)  # a bad file fails before any call
+    # What the search shares with Evol-Instruct (and the final pass runs) ...
+    evol = evol_config(
+        evol_llm=model(evol_model),
+        **({"response_llm": model(response_model)} if response_model else {}),
+        **({"judge_llm": model(judge_model)} if judge_model else {}),
+        rounds=rounds, seed=seed,
+        elimination=el.EliminationConfig.preset(
+            rules, [r for r in disabled if r in el.ALL_RULES]),
+        evol_temperature=evol_temperature, evol_max_tokens=evol_max_tokens,
+        response_temperature=temperature, response_max_tokens=max_tokens,
+        judge_max_tokens=judge_max_tokens, top_p=top_p, column=column,
+        skip_invalid=skip_invalid, limit=limit, concurrency=concurrency,
+        shared_cache=shared_cache,
+    )
+    # ... and what only the search has.
+    cfg = AutoEvolConfig(
+        evol=evol,
+        optimizer_llm=model(optimizer_model),
+        steps=steps, patience=patience, candidates=candidates,
+        trajectory_steps=trajectory_steps, batch_size=batch_size, dev_size=dev_size,
+        initial_method=str(initial_method) if initial_method else None,
+        failures=FailureConfig(**{r: r not in disabled for r in PAPER_FAILURE_TYPES}),
+        optimizer_temperature=optimizer_temperature,
+        optimizer_max_tokens=optimizer_max_tokens, analysis_max_tokens=analysis_max_tokens,
+    )
+    cfg.check()
+    if dry_run:
+        print_plan(estimate(input, cfg))
+        return
+    result = auto_evolve(input, output, cfg, api_key=api_key, progress=progress,
+                         log=lambda msg: console.print(msg, highlight=False))
     print_search(result.search)
     console.print(f"method history: {Path(output) / 'methods'}", highlight=False)
     if result.evolution is not None:

@@ -29,7 +29,6 @@ from instructforge.cli.common import (
     handle_errors,
     out,
     positive,
-    print_error,
     print_plan,
     print_usage,
     terminal_text,
@@ -142,47 +141,43 @@ def evolve_cmd(
     Example: [bold]instructforge evolve examples/seeds.jsonl -o runs/demo --rounds 2[/bold]
     """
     try:
-        try:
-            elimination = el.EliminationConfig.preset(
-                rules, disable_rule, short_response_words=short_response_words)
-        except ValueError as e:
-            raise EvolError(str(e)) from None
+        elimination = el.EliminationConfig.preset(
+            rules, disable_rule, short_response_words=short_response_words)
+    except ValueError as e:
+        raise EvolError(str(e)) from None
 
-        def model(spec: str) -> ModelConfig:
-            return ModelConfig(spec, base_url, None, max_concurrency, timeout, max_retries)
+    def model(spec: str) -> ModelConfig:
+        return ModelConfig(spec, base_url, None, max_concurrency, timeout, max_retries)
 
-        cfg = EvolConfig(
-            evol_llm=model(evol_model),
-            response_llm=model(response_model),
-            judge_llm=model(judge_model),
-            rounds=rounds,
-            operations=_split(ops) or None,
-            weights=parse_weights(weights),
-            ops_dir=str(ops_dir) if ops_dir else None,
-            seed=seed,
-            keep_seeds=keep_seeds,
-            elimination=elimination,
-            evol_temperature=evol_temperature,
-            evol_max_tokens=evol_max_tokens,
-            response_temperature=temperature,
-            response_max_tokens=max_tokens,
-            judge_max_tokens=judge_max_tokens,
-            top_p=top_p,
-            column=column,
-            skip_invalid=skip_invalid,
-            limit=limit,
-            concurrency=concurrency,
-            shared_cache=shared_cache,
-            executor=executor,
-            shards=shards,
-        )
-        if dry_run:
-            print_plan(estimate(input, cfg))
-            return
-        result = run_evolve(input, output, cfg, api_key=api_key, progress=progress)
-    except EvolError as e:
-        print_error(e)
-        raise typer.Exit(2) from None
+    cfg = EvolConfig(
+        evol_llm=model(evol_model),
+        response_llm=model(response_model),
+        judge_llm=model(judge_model),
+        rounds=rounds,
+        operations=_split(ops) or None,
+        weights=parse_weights(weights),
+        ops_dir=str(ops_dir) if ops_dir else None,
+        seed=seed,
+        keep_seeds=keep_seeds,
+        elimination=elimination,
+        evol_temperature=evol_temperature,
+        evol_max_tokens=evol_max_tokens,
+        response_temperature=temperature,
+        response_max_tokens=max_tokens,
+        judge_max_tokens=judge_max_tokens,
+        top_p=top_p,
+        column=column,
+        skip_invalid=skip_invalid,
+        limit=limit,
+        concurrency=concurrency,
+        shared_cache=shared_cache,
+        executor=executor,
+        shards=shards,
+    )
+    if dry_run:
+        print_plan(estimate(input, cfg))
+        return
+    result = run_evolve(input, output, cfg, api_key=api_key, progress=progress)
     print_usage(result.usage)
     print_summary(read_summary(output))
     console.print(result.summary(), highlight=False)

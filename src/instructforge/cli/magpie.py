@@ -29,6 +29,7 @@ from instructforge.cli.common import (
     handle_errors,
     out,
     positive,
+    print_error,
     print_plan,
     print_usage,
     terminal_text,
@@ -211,7 +212,7 @@ def magpie_cmd(
             return
         result = magpie(output, cfg, api_key=api_key, progress=progress)
     except ValueError as e:  # bad settings (categories, counts, templates)
-        console.print(f"[red]error:[/red] {e}", highlight=False)
+        print_error(e)
         raise typer.Exit(2) from None
     print_usage(result.usage)
     print_rejections(RunDir(output))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
+import click
 import typer
 
 from instructforge.cli.common import (
@@ -110,4 +111,19 @@ def experiment_cmd(
             raise typer.Exit(2)
         overrides[name.strip()] = value
     run_experiment(recipe, overrides=overrides, only=step, dry_run=dry_run,
-                   echo=lambda s: console.print(s, highlight=False, markup=False))
+                   echo=lambda s: console.print(s, highlight=False, markup=False),
+                   run_step=run_command)
+
+
+def run_command(argv: list[str]) -> int:
+    """Run one ``instructforge`` command line in this process; its exit code."""
+    from instructforge.cli import app
+
+    try:
+        code = app(argv, standalone_mode=False)
+    except click.exceptions.ClickException as e:  # a usage error: say it as the CLI would
+        e.show()
+        return e.exit_code
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else 1
+    return code if isinstance(code, int) else 0

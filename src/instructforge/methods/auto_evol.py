@@ -46,12 +46,12 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import jinja2
 
+from instructforge import prompt_files
 from instructforge.engine import Context, JobResult, RequestCache, RunDir, preflight
 from instructforge.engine.run import save_usage
 from instructforge.errors import InstructForgeError
@@ -63,6 +63,7 @@ from instructforge.llm.config import ModelConfig, build_roles, distinct
 from instructforge.llm.urls import redact_urls
 from instructforge.methods import eliminate as el
 from instructforge.methods.evol_instruct import EvolConfig, Models, evolve
+from instructforge.prompt_files import prompt_env
 from instructforge.records import instruction, stable_seed
 
 METHOD = "auto_evol"
@@ -273,21 +274,12 @@ _JINJA_SYNTAX = re.compile(r"\{%|%\}|\{\{|\}\}|\{#|#\}")
 
 def prompts_dir() -> Path:
     """The built-in ``prompts/auto_evol`` folder."""
-    return Path(str(resources.files("instructforge") / "prompts" / "auto_evol"))
-
-
-def _env() -> jinja2.Environment:
-    return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(prompts_dir())),
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=False,
-        autoescape=False,
-    )
+    return prompt_files.prompts_dir("auto_evol")
 
 
 def render_prompt(name: str, **variables: Any) -> str:
     """Render one of the ``prompts/auto_evol`` templates (analysis, optimization)."""
-    return _env().get_template(name).render(**variables).strip()
+    return prompt_env(prompts_dir()).get_template(name).render(**variables).strip()
 
 
 @dataclass(frozen=True)
@@ -364,9 +356,7 @@ class EvolvingMethod:
     def render(self, instruction_text: str) -> str:
         """The evolving prompt for ``instruction_text`` (rendered as Evol-Instruct renders
         an operation: StrictUndefined, stripped)."""
-        template = jinja2.Environment(
-            undefined=jinja2.StrictUndefined, keep_trailing_newline=False, autoescape=False
-        ).from_string(self.source)
+        template = prompt_env().from_string(self.source)
         return template.render(instruction=instruction_text).strip()
 
     @property

@@ -40,13 +40,12 @@ import re
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field, fields
 from functools import lru_cache
-from importlib import resources
 from typing import Any
 
-import jinja2
 from stop_words import get_stop_words
 
 from instructforge.llm.structured import read_choice
+from instructforge.prompt_files import render_prompt
 
 NO_INFORMATION_GAIN = "no_information_gain"
 HARD_TO_RESPOND = "hard_to_respond"
@@ -674,16 +673,9 @@ Judge = Callable[[str, str, tuple[str, ...]], Awaitable[str]]
 NEW_TASK_OPERATIONS = ("in_breadth",)
 
 
-@lru_cache(maxsize=1)
-def _judge_env() -> jinja2.Environment:
-    root = resources.files("instructforge") / "prompts" / "evol"
-    return jinja2.Environment(loader=jinja2.FileSystemLoader(str(root)),
-                              undefined=jinja2.StrictUndefined, autoescape=False)
-
-
 def render_judge(template: str, parent: str, child: str) -> str:
     """A judge prompt from ``prompts/evol/TEMPLATE`` (``first`` = parent, ``second`` = child)."""
-    return _judge_env().get_template(template).render(first=parent, second=child).strip()
+    return render_prompt("evol", template, first=parent, second=child)
 
 
 async def check_instruction(

@@ -29,13 +29,13 @@ import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import jinja2
 import jinja2.meta
 
+from instructforge import prompt_files
 from instructforge.engine import Context, Job, JobResult, RunDir
 from instructforge.errors import InstructForgeError
 from instructforge.files import write_atomic
@@ -44,6 +44,7 @@ from instructforge.llm import LLM, Completion, SamplingParams
 from instructforge.llm.config import ModelConfig, build_roles, distinct, gpus_needed
 from instructforge.methods import eliminate as el
 from instructforge.methods.respond import respond_to
+from instructforge.prompt_files import prompt_env
 from instructforge.records import (
     IdIndex,
     Record,
@@ -70,7 +71,7 @@ class EvolError(InstructForgeError, ValueError):
 
 def prompts_dir() -> Path:
     """The built-in ``prompts/evol`` folder (frame, judge, and ``operations/``)."""
-    return Path(str(resources.files("instructforge") / "prompts" / "evol"))
+    return prompt_files.prompts_dir("evol")
 
 
 @dataclass(frozen=True)
@@ -94,12 +95,7 @@ def _environment(extra: Path | None) -> jinja2.Environment:
     # The user's folder first, so their files can override ours and still
     # `{% extends "in_depth.jinja" %}` from the built-in frame.
     paths = [str(p) for p in (extra, prompts_dir() / "operations", prompts_dir()) if p]
-    return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(paths),
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=False,
-        autoescape=False,
-    )
+    return prompt_env(*paths)
 
 
 def load_operations(ops_dir: str | Path | None = None) -> dict[str, Operation]:

@@ -9,16 +9,17 @@ A recipe is YAML with ``vars`` (values substituted into ``{name}`` placeholders)
         command: evolve
         args: [examples/seeds.jsonl, -o, "{workdir}/evolved", --rounds, "{rounds}"]
 
-Each step runs as its own process (``python -m instructforge.cli ...``), in order, and stops the
-recipe when it fails. Every command resumes, so rerunning a recipe continues where it stopped.
+Each step is an ``instructforge`` command line, run in this process by the caller's
+``run_step`` (the ``experiment`` command runs it through the command-line app, so a step
+behaves exactly as typed), in order; the recipe stops when a step fails. Every command
+resumes, so rerunning a recipe continues where it stopped.
 
 >>> # run_experiment("examples/seeds-vs-evolved.yaml", overrides={"limit": "3"})
 """
 
 from __future__ import annotations
 
-import subprocess
-import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,11 +88,15 @@ def run_experiment(
     only: list[str] | None = None,
     dry_run: bool = False,
     echo: Any = print,
+    run_step: Callable[[list[str]], int] | None = None,
 ) -> list[Step]:
     """Run the recipe's steps in order (or just those named in ``only``); return them.
 
-    With ``dry_run`` the command lines are printed, nothing runs.
+    ``run_step(argv)`` runs one command line and returns its exit code. With ``dry_run`` the
+    command lines are printed, nothing runs.
     """
+    if run_step is None and not dry_run:
+        raise RecipeError("run_experiment needs run_step (how to run a command line)")
     steps = load_recipe(path, overrides)
     if only:
         missing = set(only) - {s.name for s in steps}
@@ -102,10 +107,11 @@ def run_experiment(
         echo(f"[{n}/{len(steps)}] {step.name}: instructforge {' '.join(step.argv())}")
         if dry_run:
             continue
-        proc = subprocess.run([sys.executable, "-m", "instructforge.cli", *step.argv()])
-        if proc.returncode != 0:
+        assert run_step is not None
+        code = run_step(step.argv())
+        if code != 0:
             raise RecipeError(
-                f"step {step.name!r} failed (exit {proc.returncode}); fix it and rerun the "
+                f"step {step.name!r} failed (exit {code}); fix it and rerun the "
                 "recipe: finished work is kept and resumed"
             )
     return steps

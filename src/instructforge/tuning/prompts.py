@@ -6,25 +6,13 @@ True
 
 from __future__ import annotations
 
-from functools import cache
-from pathlib import Path
 from typing import Any
 
-import jinja2
+from instructforge.prompt_files import prompt_env, prompts_dir
 
-PROMPTS_DIR = Path(__file__).parent.parent / "prompts" / "tuning"
-
-
-@cache
-def _env() -> jinja2.Environment:
-    # StrictUndefined: a missing value is a bug, never an empty string in a prompt.
-    return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(PROMPTS_DIR),
-        undefined=jinja2.StrictUndefined,
-        autoescape=False,
-    )
+PROMPTS_DIR = prompts_dir("tuning")
 
 
 def render(name: str, **values: Any) -> str:
     """Render ``prompts/tuning/<name>.jinja`` with ``values``."""
-    return _env().get_template(f"{name}.jinja").render(**values)
+    return prompt_env(PROMPTS_DIR).get_template(f"{name}.jinja").render(**values)
