@@ -27,6 +27,10 @@ kind in ``injected``, so tests can see which calls reached it::
 do (constrained decoding is chosen by them), and ``reject_constraints=True`` answers HTTP 400
 to any request carrying a constraint field, like a server without structured output.
 
+``rate_limit=N`` enforces a provider's rate limit: completion requests beyond ``N`` per
+``rate_window`` seconds (a token bucket of ``N``, refilled continuously, as providers
+meter) are answered HTTP 429, counted in ``throttled``.
+
 ``python -m instructforge.devserver --port 8999`` runs it standalone.
 """
 
@@ -73,6 +77,8 @@ class DevServer:
         fault_rate: float = 0.0,
         fault_mix: tuple[str, ...] = FAULT_MIX,
         seed: int = 0,
+        rate_limit: int | None = None,
+        rate_window: float = 60.0,
     ) -> None:
         self.answer = answer
         self.model = model
@@ -88,6 +94,11 @@ class DevServer:
         self.fault_rate = fault_rate  # may be changed while serving (0: faults off)
         self.fault_mix = fault_mix
         self._rng = random.Random(seed)
+        self.rate_limit = rate_limit
+        self.rate_window = rate_window
+        self._allowance = float(rate_limit or 0)
+        self._metered = time.monotonic()
+        self.throttled = 0  # requests answered 429 for the rate limit
         self.injected: Counter[str] = Counter()
         self.prompts: list[Any] = []
         self.bodies: list[dict[str, Any]] = []  # every POST body, as sent (with log_prompts)
@@ -141,6 +152,12 @@ class DevServer:
                     self._send_raw(writer, 200, self._bad_body(fault, path))
                     await writer.drain()
                     continue
+                if method == "POST" and self._over_rate_limit():
+                    self.throttled += 1
+                    self._send(writer, 429, {"error": {"message": "rate limit reached",
+                                                       "type": "requests"}})
+                    await writer.drain()
+                    continue
                 if self.delay:
                     await asyncio.sleep(self.delay)
                 status, payload = self._route(method, path, body)
@@ -150,6 +167,19 @@ class DevServer:
             pass
         finally:
             writer.close()
+
+    def _over_rate_limit(self) -> bool:
+        if not self.rate_limit:
+            return False
+        now = time.monotonic()
+        rate = self.rate_limit / self.rate_window
+        self._allowance = min(float(self.rate_limit),
+                              self._allowance + (now - self._metered) * rate)
+        self._metered = now
+        if self._allowance < 1:
+            return True
+        self._allowance -= 1
+        return False
 
     def _route(self, method: str, path: str, body: bytes) -> tuple[int, dict[str, Any]]:
         if method == "GET" and path.rstrip("/") == "/v1/models":

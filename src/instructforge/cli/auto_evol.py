@@ -17,11 +17,15 @@ from instructforge.cli.common import (
     DryRunOpt,
     LimitOpt,
     MaxConcurrencyOpt,
+    MaxCostOpt,
     MaxRetriesOpt,
+    PriceOpt,
     ProgressOpt,
+    RpmOpt,
     SharedCacheOpt,
     SkipInvalidOpt,
     TimeoutOpt,
+    TpmOpt,
     app,
     console,
     exit_if_incomplete,
@@ -110,6 +114,10 @@ def auto_evol_cmd(
     max_concurrency: MaxConcurrencyOpt = None,
     timeout: TimeoutOpt = None,
     max_retries: MaxRetriesOpt = None,
+    price: PriceOpt = None,
+    max_cost: MaxCostOpt = None,
+    rpm: RpmOpt = None,
+    tpm: TpmOpt = None,
     rules: Annotated[
         str, typer.Option("--rules", help="Elimination rules, in the search and the final pass "
                           "alike: 'all' (the paper's four plus our checks) or 'paper'.")
@@ -167,7 +175,8 @@ def auto_evol_cmd(
                             f"{', '.join(el.PRESETS)}")
 
     def model(spec: str) -> ModelConfig:
-        return ModelConfig(spec, base_url, None, max_concurrency, timeout, max_retries)
+        return ModelConfig(spec, base_url, None, max_concurrency, timeout, max_retries,
+                           price=price, rpm=rpm, tpm=tpm)
 
     if initial_method is not None:
         EvolvingMethod.load(initial_method)  # a bad file fails before any call
@@ -183,7 +192,7 @@ def auto_evol_cmd(
         response_temperature=temperature, response_max_tokens=max_tokens,
         judge_max_tokens=judge_max_tokens, top_p=top_p, column=column,
         skip_invalid=skip_invalid, limit=limit, concurrency=concurrency,
-        shared_cache=shared_cache,
+        shared_cache=shared_cache, max_cost=max_cost,
     )
     # ... and what only the search has.
     cfg = AutoEvolConfig(

@@ -17,6 +17,7 @@ from rich.table import Table
 
 from instructforge.engine import JobResult
 from instructforge.errors import InstructForgeError
+from instructforge.llm.prices import PriceError, parse_price
 from instructforge.llm.urls import redact_urls
 
 app = typer.Typer(
@@ -157,6 +158,41 @@ ShardsOpt = Annotated[
 ]
 
 
+def check_price(value: str | None) -> str | None:
+    """Option callback: ``--price`` must read as ``IN,OUT``."""
+    if value is not None:
+        try:
+            parse_price(value)
+        except PriceError as e:
+            raise typer.BadParameter(str(e).removeprefix(f"--price {value!r}: ")) from None
+    return value
+
+
+PriceOpt = Annotated[
+    str | None,
+    typer.Option("--price", callback=check_price, help="What the model's tokens cost: "
+                 "'IN,OUT', USD per million prompt and completion tokens (e.g. 0.15,0.60), for "
+                 "every model of the run. Default: the prices file (INSTRUCTFORGE_PRICES "
+                 "extends it); models run here are free."),
+]
+MaxCostOpt = Annotated[
+    float | None,
+    typer.Option("--max-cost", callback=positive, help="Dollars the run may spend, earlier "
+                 "invocations included: no call starts that could pass it; the job stops "
+                 "with exit code 4 and a rerun with a higher cap continues."),
+]
+RpmOpt = Annotated[
+    float | None,
+    typer.Option("--rpm", callback=positive, help="Requests per minute per server, at most "
+                 "(its rate limit)."),
+]
+TpmOpt = Annotated[
+    float | None,
+    typer.Option("--tpm", callback=positive, help="Tokens per minute per server, at most "
+                 "(prompt, roughly, plus --max-tokens per request)."),
+]
+
+
 def print_error(message: object) -> None:
     """``error: MESSAGE`` on stderr, the message as written: its brackets (an install hint
     like ``instructforge[train]``, a file name, a row's text) are never read as markup, and
@@ -167,7 +203,8 @@ def print_error(message: object) -> None:
 # Exit codes. 0: the run is complete. 1: an error stopped it (server unreachable, too many
 # failures in a row). 2: bad input or options (nothing was called). 3: it finished, but some
 # inputs failed after retries (rule call_failed in rejected.jsonl); the same command retries
-# them. 130: interrupted.
+# them. 4: it stopped at its --max-cost (BudgetExceeded); rerun with a higher cap.
+# 130: interrupted.
 EXIT_INCOMPLETE = 3
 
 
@@ -228,12 +265,15 @@ def print_plan(plan: dict[str, Any]) -> None:
 
 def print_usage(usage: dict[str, Any]) -> None:
     t = Table(title="Token usage (this invocation)")
-    for col in ("model", "step", "requests", "cached", "errors", "prompt tok", "completion tok"):
+    for col in ("model", "step", "requests", "cached", "errors", "prompt tok", "completion tok",
+                "cost $"):
         t.add_column(col)
     runs = usage.get("runs") or [{}]
     for model, steps in runs[-1].get("by_model_step", {}).items():
         for step, u in steps.items():
+            cost = u.get("cost_usd")
             t.add_row(model, step, str(u["requests"]), str(u["cached"]), str(u["errors"]),
-                      str(u["prompt_tokens"]), str(u["completion_tokens"]))
+                      str(u["prompt_tokens"]), str(u["completion_tokens"]),
+                      "?" if cost is None else f"{cost:.4f}")
     console.print(t)
 

@@ -17,12 +17,16 @@ from instructforge.cli.common import (
     ExecutorOpt,
     LimitOpt,
     MaxConcurrencyOpt,
+    MaxCostOpt,
     MaxRetriesOpt,
+    PriceOpt,
     ProgressOpt,
+    RpmOpt,
     ShardsOpt,
     SharedCacheOpt,
     SkipInvalidOpt,
     TimeoutOpt,
+    TpmOpt,
     app,
     console,
     exit_if_incomplete,
@@ -98,6 +102,10 @@ def evolve_cmd(
     max_concurrency: MaxConcurrencyOpt = None,
     timeout: TimeoutOpt = None,
     max_retries: MaxRetriesOpt = None,
+    price: PriceOpt = None,
+    max_cost: MaxCostOpt = None,
+    rpm: RpmOpt = None,
+    tpm: TpmOpt = None,
     rules: Annotated[
         str, typer.Option("--rules", help="Elimination rules: 'all' (the paper's four plus our "
                           "checks: " + ", ".join(el.EXTRA_RULES) + ") or 'paper' (exactly the "
@@ -147,7 +155,8 @@ def evolve_cmd(
         raise EvolError(str(e)) from None
 
     def model(spec: str) -> ModelConfig:
-        return ModelConfig(spec, base_url, None, max_concurrency, timeout, max_retries)
+        return ModelConfig(spec, base_url, None, max_concurrency, timeout, max_retries,
+                           price=price, rpm=rpm, tpm=tpm)
 
     cfg = EvolConfig(
         evol_llm=model(evol_model),
@@ -173,6 +182,7 @@ def evolve_cmd(
         shared_cache=shared_cache,
         executor=executor,
         shards=shards,
+        max_cost=max_cost,
     )
     if dry_run:
         print_plan(estimate(input, cfg))

@@ -16,13 +16,17 @@ from instructforge.cli.common import (
     DryRunOpt,
     ExecutorOpt,
     MaxConcurrencyOpt,
+    MaxCostOpt,
     MaxRetriesOpt,
     ModelOpt,
     ModelPathOpt,
+    PriceOpt,
     ProgressOpt,
+    RpmOpt,
     ShardsOpt,
     SharedCacheOpt,
     TimeoutOpt,
+    TpmOpt,
     app,
     console,
     exit_if_incomplete,
@@ -103,6 +107,10 @@ def magpie_cmd(
     max_concurrency: MaxConcurrencyOpt = None,
     timeout: TimeoutOpt = None,
     max_retries: MaxRetriesOpt = None,
+    price: PriceOpt = None,
+    max_cost: MaxCostOpt = None,
+    rpm: RpmOpt = None,
+    tpm: TpmOpt = None,
     template: Annotated[
         str | None,
         typer.Option("--template", help="Chat template: a family name ("
@@ -181,8 +189,10 @@ def magpie_cmd(
     """
     try:
         cfg = MagpieConfig(
-            llm=ModelConfig(model, base_url, model_path, max_concurrency, timeout, max_retries),
-            response_llm=(ModelConfig(response_model, timeout=timeout, max_retries=max_retries)
+            llm=ModelConfig(model, base_url, model_path, max_concurrency, timeout, max_retries,
+                            price=price, rpm=rpm, tpm=tpm),
+            response_llm=(ModelConfig(response_model, timeout=timeout, max_retries=max_retries,
+                                      price=price, rpm=rpm, tpm=tpm)
                           if response_model else None),
             n=n,
             turns=turns,
@@ -205,6 +215,7 @@ def magpie_cmd(
             shared_cache=shared_cache,
             executor=executor,
             shards=shards,
+        max_cost=max_cost,
         )
         if dry_run:
             print_plan({"model": model if not base_url else f"{model} @ {base_url}",

@@ -16,14 +16,18 @@ from instructforge.cli.common import (
     ExecutorOpt,
     LimitOpt,
     MaxConcurrencyOpt,
+    MaxCostOpt,
     MaxRetriesOpt,
     ModelOpt,
     ModelPathOpt,
+    PriceOpt,
     ProgressOpt,
+    RpmOpt,
     ShardsOpt,
     SharedCacheOpt,
     SkipInvalidOpt,
     TimeoutOpt,
+    TpmOpt,
     app,
     console,
     exit_if_incomplete,
@@ -53,6 +57,10 @@ def respond_cmd(
     max_concurrency: MaxConcurrencyOpt = None,
     timeout: TimeoutOpt = None,
     max_retries: MaxRetriesOpt = None,
+    price: PriceOpt = None,
+    max_cost: MaxCostOpt = None,
+    rpm: RpmOpt = None,
+    tpm: TpmOpt = None,
     column: ColumnOpt = "instruction",
     system_prompt: Annotated[
         str | None, typer.Option("--system-prompt", help="System message for every request.")
@@ -77,7 +85,8 @@ def respond_cmd(
     Example: [bold]instructforge respond examples/instructions.jsonl -o runs/answers[/bold]
     """
     cfg = RespondConfig(
-        llm=ModelConfig(model, base_url, model_path, max_concurrency, timeout, max_retries),
+        llm=ModelConfig(model, base_url, model_path, max_concurrency, timeout, max_retries,
+                        price=price, rpm=rpm, tpm=tpm),
         temperature=temperature,
         top_p=top_p,
         max_tokens=max_tokens,
@@ -90,6 +99,7 @@ def respond_cmd(
         shared_cache=shared_cache,
         executor=executor,
         shards=shards,
+        max_cost=max_cost,
     )
     if dry_run:
         source = InstructionSource(input, column=column, skip_invalid=skip_invalid, limit=limit)

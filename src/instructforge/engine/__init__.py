@@ -1,5 +1,6 @@
 """Streaming executor, run directory, request cache and resume. Knows no method."""
 
+from instructforge.engine.budget import Budget, BudgetExceeded
 from instructforge.engine.cache import RequestCache, request_key
 from instructforge.engine.context import Context, Usage
 from instructforge.engine.job import Built, Job
@@ -24,6 +25,8 @@ from instructforge.engine.store import (
 )
 
 __all__ = [
+    "Budget",
+    "BudgetExceeded",
     "Built",
     "Job",
     "Context",

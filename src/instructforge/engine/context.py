@@ -6,8 +6,10 @@ Every LLM call a method makes goes through :meth:`Context.chat` / :meth:`Context
 
 The call is looked up in the run's request cache (and the optional shared cache) first;
 identical calls in flight at the same time are made once; tokens, requests, retries (by
-cause) and errors are counted per (model, step) for ``usage.json``. Only answers are cached:
-a call that failed (after the backend's retries) is made again by the next run.
+cause), errors and dollars (at the backend's ``price``) are counted per (model, step) for
+``usage.json``. Only answers are cached: a call that failed (after the backend's retries) is
+made again by the next run. With a :class:`~instructforge.engine.budget.Budget`, a call that
+reaches a model is first admitted by it (cache hits cost nothing and always go).
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from instructforge.engine.budget import Budget
 from instructforge.engine.cache import RequestCache, request_key
 from instructforge.llm.base import LLM, Completion, LLMError, Message, SamplingParams
+from instructforge.llm.prices import approx_tokens
 
 
 @dataclass
@@ -39,6 +43,8 @@ class StepUsage:
     # answers), and by cause: {"HTTP 503": 4, "timeout": 2, "malformed": 1, ...}.
     retries: int = 0
     retry_causes: dict[str, int] = field(default_factory=dict)
+    # Dollars the model's answers cost at its price; None while its price is unknown.
+    cost_usd: float | None = None
 
     def count_retries(self, causes: Mapping[str, int]) -> None:
         for cause, n in causes.items():
@@ -50,12 +56,17 @@ class StepUsage:
         for k, v in counts.items():
             if k == "retry_causes":
                 self.retry_causes = dict(Counter(self.retry_causes) + Counter(v))
+            elif k == "cost_usd":
+                if v is not None:
+                    self.cost_usd = (self.cost_usd or 0.0) + v
             elif k in self.__dataclass_fields__:
                 setattr(self, k, getattr(self, k) + v)
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: round(v, 3) if isinstance(v, float) else dict(sorted(v.items()))
-                if isinstance(v, dict) else v for k, v in self.__dict__.items()}
+        d = {k: round(v, 3) if isinstance(v, float) else dict(sorted(v.items()))
+             if isinstance(v, dict) else v for k, v in self.__dict__.items()}
+        d["cost_usd"] = None if self.cost_usd is None else round(self.cost_usd, 6)
+        return d
 
 
 @dataclass
@@ -68,6 +79,11 @@ class Usage:
     @property
     def completion_tokens(self) -> int:
         return sum(s.completion_tokens for s in self.steps.values())
+
+    @property
+    def cost_usd(self) -> float:
+        """Dollars spent on the models whose price is known."""
+        return sum(s.cost_usd or 0.0 for s in self.steps.values())
 
     @property
     def errors(self) -> int:
@@ -100,9 +116,11 @@ class Usage:
 class Context:
     """Gives steps cached, counted access to LLMs. One per job run."""
 
-    def __init__(self, cache: RequestCache | None, shared: RequestCache | None = None) -> None:
+    def __init__(self, cache: RequestCache | None, shared: RequestCache | None = None,
+                 budget: Budget | None = None) -> None:
         self.cache = cache
         self.shared = shared
+        self.budget = budget
         self.usage = Usage()
         self._pending: dict[str, asyncio.Future[Completion]] = {}
 
@@ -119,6 +137,8 @@ class Context:
     ) -> Completion:
         key = request_key(llm.model_id, kind, prompt, params.to_dict())
         u = self.usage.steps[(llm.model_id, step)]
+        if llm.price is not None and u.cost_usd is None:
+            u.cost_usd = 0.0
         hit = self._lookup(key)
         if hit is not None:
             u.cached += 1
@@ -127,10 +147,15 @@ class Context:
         if pending is not None:  # the same request is already on its way: share it
             u.cached += 1
             return await asyncio.shield(pending)
+        most = 0.0
+        if self.budget is not None and llm.price is not None:
+            most = llm.price.cost(approx_tokens(prompt), params.max_tokens)
+            await self.budget.admit(most)
         fut: asyncio.Future[Completion] = asyncio.get_running_loop().create_future()
         self._pending[key] = fut
         self.usage.in_flight += 1
         t0 = time.perf_counter()
+        cost = 0.0
         try:
             if kind == "chat":
                 out = await llm.chat(prompt, params)
@@ -144,7 +169,13 @@ class Context:
             fut.set_exception(e)
             fut.exception()  # mark retrieved: waiters re-raise it themselves
             raise
+        else:
+            if llm.price is not None:
+                cost = llm.price.cost(out.prompt_tokens, out.completion_tokens)
+                u.cost_usd = (u.cost_usd or 0.0) + cost
         finally:
+            if self.budget is not None and llm.price is not None:
+                self.budget.settle(most, cost)
             self.usage.in_flight -= 1
             self._pending.pop(key, None)
             u.seconds += time.perf_counter() - t0

@@ -71,7 +71,8 @@ class Job:
     ``union_filter`` matter to the sharded executors only. ``may_grow`` names options a
     rerun may increase because the job continues what the run holds (evolve's ``rounds``);
     the local executor honours it, a sharded run (whose shard inputs are fixed) refuses the
-    change.
+    change. ``max_cost`` caps the run's spending in dollars (the local executor only; see
+    :mod:`~instructforge.engine.budget`).
     """
 
     name: str
@@ -86,11 +87,15 @@ class Job:
     num_gpus: float = 0
     union_filter: UnionFilter | None = None
     may_grow: tuple[str, ...] = ()  # local executor: options a rerun may increase
+    max_cost: float | None = None  # dollars, local executor only
 
     def __post_init__(self) -> None:
         if self.executor not in EXECUTORS:
             raise JobConfigError(f"unknown executor {self.executor!r}; choose from "
                                  f"{', '.join(EXECUTORS)}")
+        if self.max_cost is not None and self.executor != "local":
+            raise JobConfigError("--max-cost needs --executor local: shards running at once "
+                                 "cannot share one budget")
 
     def run(self, run_dir: str | os.PathLike[str] | RunDir, *, progress: bool = True
             ) -> JobResult:
@@ -101,7 +106,8 @@ class Job:
             return run_job(self.name, self.inputs, built.process, run,
                            config={**self.config, **built.config}, total=self.total,
                            concurrency=self.concurrency, progress=progress, llms=built.llms,
-                           shared_cache=self.shared_cache, may_grow=self.may_grow)
+                           shared_cache=self.shared_cache, may_grow=self.may_grow,
+                           max_cost=self.max_cost)
         from instructforge.engine.ray_executor import run_sharded  # Ray only when asked for
 
         return run_sharded(self.name, self.inputs, run_dir, self.build, config=self.config,

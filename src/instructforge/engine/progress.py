@@ -1,5 +1,5 @@
-"""Live progress: records done/total, tokens/s, requests in flight, retries by cause, failed
-calls, ETA.
+"""Live progress: records done/total, dollars spent, tokens/s, requests in flight, retries by
+cause, failed calls, ETA.
 
 On a terminal it is a rich progress bar; elsewhere (CI, pipes) one line every few seconds.
 """
@@ -38,6 +38,7 @@ class JobProgress:
                 BarColumn(),
                 MofNCompleteColumn(),
                 TextColumn("{task.fields[tps]:>7.1f} tok/s"),
+                TextColumn("{task.fields[cost]}"),
                 TextColumn("in flight {task.fields[inflight]:>3}"),
                 TextColumn("retries {task.fields[retries]}"),
                 TextColumn("errors {task.fields[errors]}"),
@@ -48,7 +49,7 @@ class JobProgress:
                 refresh_per_second=4,
             )
             self._task = self._progress.add_task(name, total=total, tps=0.0, inflight=0,
-                                                 retries="0", errors=0)
+                                                 retries="0", errors=0, cost=self.cost())
         self.name = name
 
     def __enter__(self) -> JobProgress:
@@ -74,10 +75,17 @@ class JobProgress:
                 self._last_line = now
                 self.console.print(self.line(), highlight=False, markup=False)
 
+    def cost(self) -> str:
+        """Dollars spent so far (``$0.0123``), or nothing when no model has a price."""
+        priced = any(s.cost_usd is not None for s in self.usage.steps.values())
+        return f"${self.usage.cost_usd:.4f}" if priced else ""
+
     def line(self) -> str:
         """The plain progress line (printed every 10 s when not on a terminal)."""
         total = f"/{self.total}" if self.total else ""
-        return (f"{self.name}: {self.done}{total} records, {self.tokens_per_second():.1f} tok/s,"
+        cost = f", {self.cost()}" if self.cost() else ""
+        return (f"{self.name}: {self.done}{total} records{cost},"
+                f" {self.tokens_per_second():.1f} tok/s,"
                 f" in flight {self.usage.in_flight}, retries {self.usage.retries()},"
                 f" errors {self.usage.errors}")
 
@@ -90,4 +98,5 @@ class JobProgress:
             inflight=self.usage.in_flight,
             retries=self.usage.retries(),
             errors=self.usage.errors,
+            cost=self.cost(),
         )

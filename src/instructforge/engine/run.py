@@ -27,6 +27,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from instructforge.engine.budget import Budget, BudgetExceeded
 from instructforge.engine.cache import RequestCache
 from instructforge.engine.context import Context, Usage
 from instructforge.engine.progress import JobProgress
@@ -98,6 +99,7 @@ async def arun_job(
     shared_cache: str | os.PathLike[str] | None = None,
     max_consecutive_failures: int = 20,
     may_grow: tuple[str, ...] = (),
+    max_cost: float | None = None,
 ) -> JobResult:
     """Run ``process`` over ``inputs`` into ``run_dir`` (resuming if it has state).
 
@@ -113,6 +115,11 @@ async def arun_job(
     The job holds the run directory's lock (:class:`RunLocked` if another process has it)
     and refuses a run made with options that change records (:class:`OptionsChanged`),
     except that options in ``may_grow`` may increase (see :meth:`RunDir.reopen`).
+
+    ``max_cost`` caps the run's spending in dollars, earlier invocations included (see
+    :mod:`~instructforge.engine.budget`): when the next call could pass it, no new call or
+    input starts, those in flight finish, everything is written, and
+    :class:`BudgetExceeded` is raised; the inputs it stopped are not marked done.
     """
     if concurrency < 1:  # no record could ever start: the job would wait forever
         raise ValueError(f"concurrency must be >= 1, got {concurrency}")
@@ -120,7 +127,8 @@ async def arun_job(
     with run.lock():
         run.reopen({"job": name, **config}, may_grow=may_grow)
         return await _run_locked(name, inputs, process, run, config, total, concurrency,
-                                 progress, llms, shared_cache, max_consecutive_failures)
+                                 progress, llms, shared_cache, max_consecutive_failures,
+                                 max_cost)
 
 
 async def _run_locked(
@@ -135,12 +143,17 @@ async def _run_locked(
     llms: Sequence[LLM],
     shared_cache: str | os.PathLike[str] | None,
     max_consecutive_failures: int,
+    max_cost: float | None,
 ) -> JobResult:
+    budget = None
+    if max_cost is not None:
+        Budget.check(llms)
+        budget = Budget(max_cost, spent=spent_so_far(run.usage))
     await preflight(llms)
     store = Store(run)
     cache = RequestCache(run.cache)
     shared = RequestCache(Path(shared_cache)) if shared_cache else None
-    ctx = Context(cache, shared)
+    ctx = Context(cache, shared, budget)
     result = JobResult(run)
     t0 = time.perf_counter()
     sem = asyncio.Semaphore(concurrency)
@@ -160,6 +173,8 @@ async def _run_locked(
                 result.errors.append(f"{rec['id']}: {e}")
             if consecutive >= max_consecutive_failures and not abort:
                 abort.append(str(e))
+        except BudgetExceeded:
+            pass  # not done: a rerun with a higher cap continues it from the cache
         else:
             consecutive = 0
             k, r = store.write(rec["id"], outputs)
@@ -174,7 +189,7 @@ async def _run_locked(
     try:
         with JobProgress(name, total, ctx.usage, enabled=progress) as bar:
             for rec in inputs:
-                if abort:
+                if abort or budget and budget.exhausted:
                     break
                 if rec.get("status") == "rejected":
                     store.reject_input(rec)
@@ -188,6 +203,9 @@ async def _run_locked(
                     bar.advance()
                     continue
                 await sem.acquire()
+                if budget and budget.exhausted:
+                    sem.release()
+                    break
                 t = asyncio.create_task(one(rec, bar))
                 tasks.add(t)
                 t.add_done_callback(tasks.discard)
@@ -214,6 +232,8 @@ async def _run_locked(
             "resume."
         )
     write_parquet(run)
+    if budget and budget.exhausted:
+        raise budget.error()
     return result
 
 
@@ -232,6 +252,7 @@ def _save_usage(run: RunDir, name: str, ctx: Context, result: JobResult) -> None
         "started": result.started,
         "wall_seconds": round(result.seconds, 3),
         **{k: getattr(result, k) for k in COUNTERS},
+        "cost_usd": round(ctx.usage.cost_usd, 6),
         "errors": result.errors,
         "by_model_step": ctx.usage.as_dict(),
     }
@@ -239,6 +260,15 @@ def _save_usage(run: RunDir, name: str, ctx: Context, result: JobResult) -> None
 
 
 COUNTERS = ("processed", "skipped", "kept", "rejected", "invalid", "failed")
+
+
+def spent_so_far(usage: Path) -> float:
+    """Dollars the invocations recorded in ``usage`` (a ``usage.json``) spent."""
+    try:
+        runs = json.loads(usage.read_text()).get("runs", [])
+    except (OSError, ValueError):
+        return 0.0
+    return sum(float(r.get("cost_usd") or 0.0) for r in runs if isinstance(r, dict))
 
 
 def save_usage(

@@ -57,11 +57,14 @@ def make_llm(
     timeout: float | None = None,
     max_retries: int | None = None,
     settings: ServerSettings | None = None,
+    rpm: float | None = None,
+    tpm: float | None = None,
 ) -> LLM:
     """Build a backend from a spec string and/or explicit server options.
 
     ``base_url`` (with ``spec`` as the model name) wins over ``model_path``, which wins over
-    the spec; ``api_key`` defaults to ``OPENAI_API_KEY``.
+    the spec; ``api_key`` defaults to ``OPENAI_API_KEY``. ``rpm`` / ``tpm`` (requests /
+    tokens per minute) limit a server's backend (:class:`OpenAICompatible`).
     """
     kw: dict[str, Any] = {}
     if max_concurrency:
@@ -70,12 +73,13 @@ def make_llm(
         kw["timeout"] = timeout
     if max_retries is not None:
         kw["max_retries"] = max_retries
+    remote = {"rpm": rpm, "tpm": tpm}
     key = api_key or os.environ.get("OPENAI_API_KEY")
     spec = (spec or "embedded").strip()
     if base_url:
         embedded = spec in ("embedded", "") or spec.startswith("embedded:")
         model = None if embedded else spec.removeprefix("openai:")
-        return OpenAICompatible(base_url, model, key, **kw)
+        return OpenAICompatible(base_url, model, key, **kw, **remote)
     if model_path:
         return embedded_llm(model_path, settings=settings, **kw)
     if spec == "embedded" or spec.startswith("embedded:"):
@@ -92,7 +96,7 @@ def make_llm(
     if spec.endswith(".gguf"):
         return embedded_llm(spec, settings=settings, **kw)
     if spec.startswith(("http://", "https://")):
-        return OpenAICompatible(spec, None, key, **kw)
+        return OpenAICompatible(spec, None, key, **kw, **remote)
     if spec == "openai" or spec.startswith("openai:"):
         rest = spec.removeprefix("openai").removeprefix(":")
         model, _, url = rest.partition("@")
@@ -102,7 +106,7 @@ def make_llm(
                 f"model spec {spec!r} names no server and OPENAI_BASE_URL is not set; "
                 "use openai:MODEL@http://host:port/v1 or --base-url."
             )
-        return OpenAICompatible(url, model or None, key, **kw)
+        return OpenAICompatible(url, model or None, key, **kw, **remote)
     raise LLMError(
         f"unknown model spec {redact_urls(spec)!r}: use 'embedded', 'embedded:NAME' "
         f"({', '.join(local_models.MODELS)}), a .gguf path, "

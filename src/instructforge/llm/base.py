@@ -13,9 +13,12 @@ import json
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from instructforge.errors import EXIT_FAILED, InstructForgeError
+
+if TYPE_CHECKING:
+    from instructforge.llm.prices import Price
 
 Message = dict[str, str]
 
@@ -153,10 +156,12 @@ class RawCompletionUnsupported(LLMError):
 class LLM(ABC):
     """An LLM backend. ``model_id`` names the model in cache keys and usage reports;
     ``model``, when known, is the model's own name (what its server or files call it), from
-    which its chat template may be guessed."""
+    which its chat template may be guessed. ``price`` is what its tokens cost (None: unknown;
+    set by :meth:`~instructforge.llm.config.ModelConfig.build`)."""
 
     model_id: str = ""
     model: str | None = None
+    price: Price | None = None
     supports_completion: bool = True
     max_concurrency: int = 8
 
@@ -202,6 +207,7 @@ class WrappedLLM(LLM):
 
     def __init__(self, inner: LLM) -> None:
         self.inner = inner
+        self.price = inner.price
         self.supports_completion = inner.supports_completion
         self.max_concurrency = inner.max_concurrency
 

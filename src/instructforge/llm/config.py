@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 
 from instructforge.llm import make_llm
 from instructforge.llm.base import LLM
+from instructforge.llm.prices import FREE, Price, load_prices, lookup, parse_price
 
 
 @dataclass
@@ -26,9 +27,12 @@ class ModelConfig:
     max_concurrency: int | None = None
     timeout: float | None = None
     max_retries: int | None = None
+    price: str | None = None  # "IN,OUT": USD per million prompt / completion tokens
+    rpm: float | None = None  # requests per minute, at most (a server's rate limit)
+    tpm: float | None = None  # tokens per minute, at most (prompt, roughly, plus max_tokens)
 
     def build(self, api_key: str | None = None) -> LLM:
-        return make_llm(
+        llm = make_llm(
             self.model,
             base_url=self.base_url,
             api_key=api_key,
@@ -36,7 +40,31 @@ class ModelConfig:
             max_concurrency=self.max_concurrency,
             timeout=self.timeout,
             max_retries=self.max_retries,
+            rpm=self.rpm,
+            tpm=self.tpm,
         )
+        llm.price = self.resolve_price()
+        return llm
+
+    def remote(self) -> bool:
+        """Whether the model runs on a server (paid per token, perhaps) rather than here."""
+        return bool(self.base_url) or self.model.startswith(("openai", "http://", "https://"))
+
+    def resolve_price(self) -> Price | None:
+        """What this model's tokens cost: ``price`` when given; free for a model that runs
+        here; else the prices file's entry for the model's name (None when it has none).
+
+        >>> ModelConfig("openai:gpt-4o-mini@http://h/v1").resolve_price()
+        Price(input=0.15, output=0.6, batch=0.5)
+        >>> ModelConfig("embedded").resolve_price()
+        Price(input=0.0, output=0.0, batch=1.0)
+        """
+        if self.price is not None:
+            return parse_price(self.price)
+        if not self.remote():
+            return FREE
+        name = self.model.removeprefix("openai").removeprefix(":").partition("@")[0]
+        return lookup(name, load_prices()) if name else None
 
     def gpus(self) -> int:
         """GPUs a process must reserve to build this backend: a ``vllm:`` engine needs its

@@ -37,10 +37,14 @@ from instructforge.llm.base import (
     RawCompletionUnsupported,
     SamplingParams,
 )
+from instructforge.llm.prices import approx_tokens
+from instructforge.llm.ratelimit import AdaptiveLimit, TokenBucket
 from instructforge.llm.structured import choice_grammar, choice_schema
 from instructforge.llm.urls import redact_urls
 
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+# The server is over its rate limit or capacity: fewer requests at a time (AdaptiveLimit).
+OVERLOAD_STATUS = {429, 503}
 # A constrained request answered with one of these is asked again without the constraint.
 REFUSED_STATUS = {400, 422}
 STRUCTURED = ("auto", "llamacpp", "vllm", "openai", "off")
@@ -185,7 +189,9 @@ class OpenAICompatible(LLM):
     Each attempt may take ``connect_timeout`` seconds to connect and ``timeout`` seconds in
     all; a call makes at most ``max_retries + 1`` attempts, and a request slot (of
     ``max_concurrency``) is held only while an attempt is on the wire, never while it waits
-    to retry.
+    to retry. The slots in use halve when the server answers 429 or 503 and grow back by one
+    per round of successes (``adaptive``; see :mod:`~instructforge.llm.ratelimit`); ``rpm``
+    and ``tpm`` cap requests and tokens (prompt, roughly, plus ``max_tokens``) per minute.
     ``structured`` picks how constraints are sent: ``"auto"`` (find out from the server),
     ``"llamacpp"``, ``"vllm"``, ``"openai"`` (``response_format``), or ``"off"`` (never sent;
     the answer is read from free text).
@@ -205,6 +211,9 @@ class OpenAICompatible(LLM):
         backoff_max: float = 30.0,
         model_id: str | None = None,
         structured: str = "auto",
+        rpm: float | None = None,
+        tpm: float | None = None,
+        adaptive: bool = True,
     ) -> None:
         if structured not in STRUCTURED:
             raise LLMError(f"structured={structured!r}: use one of {', '.join(STRUCTURED)}")
@@ -228,7 +237,10 @@ class OpenAICompatible(LLM):
         self.model_id = model_id or f"openai:{model}@{self.base_url}"
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: aiohttp.ClientSession | None = None
-        self._sem: asyncio.Semaphore | None = None
+        self.adaptive = adaptive
+        self._sem: AdaptiveLimit | None = None
+        self._rpm = TokenBucket(rpm) if rpm else None
+        self._tpm = TokenBucket(tpm) if tpm else None
         self._resolve_lock: asyncio.Lock | None = None
         self._checked = False
         self.structured = structured
@@ -239,7 +251,7 @@ class OpenAICompatible(LLM):
         self._unconstrained: set[str] = set()
 
     # -- plumbing ---------------------------------------------------------------------------
-    def _ensure_client(self) -> tuple[aiohttp.ClientSession, asyncio.Semaphore]:
+    def _ensure_client(self) -> tuple[aiohttp.ClientSession, AdaptiveLimit]:
         loop = asyncio.get_running_loop()
         if self._client is None or self._loop is not loop:
             # A session is bound to its event loop; a new asyncio.run() gets a fresh one.
@@ -250,12 +262,20 @@ class OpenAICompatible(LLM):
                 timeout=aiohttp.ClientTimeout(total=self.timeout,
                                               sock_connect=self.connect_timeout),
             )
-            self._sem = asyncio.Semaphore(self.max_concurrency)
+            self._sem = AdaptiveLimit(self.max_concurrency, self.adaptive)
             self._resolve_lock = asyncio.Lock()
             self._flavour_lock = asyncio.Lock()
             self._loop = loop
         assert self._sem is not None
         return self._client, self._sem
+
+    async def _throttle(self, payload: dict[str, Any]) -> None:
+        """Wait until the ``rpm`` / ``tpm`` buckets allow sending ``payload``."""
+        if self._rpm is not None:
+            await self._rpm.take()
+        if self._tpm is not None:
+            prompt = payload.get("messages") or str(payload.get("prompt") or "")
+            await self._tpm.take(approx_tokens(prompt) + int(payload.get("max_tokens") or 0))
 
     def _delay(self, attempt: int, retry_after: str | None) -> float:
         if retry_after:
@@ -286,9 +306,12 @@ class OpenAICompatible(LLM):
         last = cause = ""
         for attempt in range(self.max_retries + 1):
             retry_after = None
+            if payload is not None:
+                await self._throttle(payload)
             # The slot is held for this attempt only: a request waiting to retry leaves it
             # to others, so hung or failing requests cannot hold every slot.
-            async with sem:
+            epoch = await sem.acquire()
+            try:
                 try:
                     async with client.request(method, url, json=payload,
                                               timeout=per_attempt) as r:
@@ -299,13 +322,17 @@ class OpenAICompatible(LLM):
                                 cause, last = "malformed", f"the answer from {shown} is not JSON"
                             else:
                                 try:
-                                    return parse(data) if parse is not None else data
+                                    answer = parse(data) if parse is not None else data
+                                    sem.succeeded()
+                                    return answer
                                 except _Unusable as e:
                                     cause, last = e.cause, f"unusable answer from {shown}: {e}"
                         elif r.status in RETRY_STATUS:
                             cause = f"HTTP {r.status}"
                             last = f"HTTP {r.status} from {shown}: {(await r.text())[:200]}"
                             retry_after = r.headers.get("retry-after")
+                            if r.status in OVERLOAD_STATUS:
+                                sem.overloaded(epoch)
                         elif refusable and r.status in REFUSED_STATUS:
                             raise _Refused(r.status, await r.text())
                         else:
@@ -324,6 +351,8 @@ class OpenAICompatible(LLM):
                 except aiohttp.ClientError as e:
                     cause = "connection"
                     last = f"{e.__class__.__name__} talking to {shown}: {e or 'no detail'}"
+            finally:
+                sem.release()
             if attempt < self.max_retries:
                 tally[cause] += 1
                 await asyncio.sleep(self._delay(attempt, retry_after))

@@ -52,8 +52,8 @@ from typing import Any
 import jinja2
 
 from instructforge import prompt_files
-from instructforge.engine import Context, JobResult, RequestCache, RunDir, preflight
-from instructforge.engine.run import save_usage
+from instructforge.engine import Budget, Context, JobResult, RequestCache, RunDir, preflight
+from instructforge.engine.run import save_usage, spent_so_far
 from instructforge.errors import InstructForgeError
 from instructforge.files import write_atomic
 from instructforge.inputs import InstructionSource
@@ -1144,14 +1144,19 @@ async def _run_search(searcher: MethodSearch, run_dir: Path, cfg: AutoEvolConfig
     await preflight(searcher.models.distinct())
     cache = RequestCache(RunDir(run_dir).cache)
     shared = RequestCache(Path(cfg.evol.shared_cache)) if cfg.evol.shared_cache else None
-    ctx = Context(cache, shared)
+    budget = None
+    if cfg.evol.max_cost is not None:  # the search and the final pass share the cap
+        Budget.check(searcher.models.distinct())
+        budget = Budget(cfg.evol.max_cost, spent_so_far(searcher.root / "usage.json"))
+    ctx = Context(cache, shared, budget)
     started = round(time.time(), 3)
     try:
         result = await searcher.run(ctx)
     finally:
         usage = ctx.usage.as_dict()
         save_usage(searcher.root / "usage.json", "auto_evol_search",
-                   {"pid": os.getpid(), "started": started, "by_model_step": usage})
+                   {"pid": os.getpid(), "started": started,
+                    "cost_usd": round(ctx.usage.cost_usd, 6), "by_model_step": usage})
         for llm in searcher.models.distinct():
             await llm.release_loop()  # the final pass uses them again (a vLLM model stays)
         cache.close()
@@ -1230,6 +1235,9 @@ def _auto_evolve(
     if cfg.evol.rounds == 0:
         return AutoEvolResult(found, None)
     evol_cfg = cfg.final_pass(found.best_path.parent)
+    if evol_cfg.max_cost is not None:  # what the search spent is spent
+        left = evol_cfg.max_cost - spent_so_far(Path(run_dir) / "methods" / "usage.json")
+        evol_cfg = replace(evol_cfg, max_cost=max(left, 1e-9))
     # config.yaml records the whole Auto Evol config (the shared part nested under `evol:`)
     # and what the final pass set in it.
     record = {**cfg.to_dict(),

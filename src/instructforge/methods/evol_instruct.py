@@ -42,6 +42,7 @@ from instructforge.files import write_atomic
 from instructforge.inputs import InputError, InstructionSource
 from instructforge.llm import LLM, Completion, SamplingParams
 from instructforge.llm.config import ModelConfig, build_roles, distinct, gpus_needed
+from instructforge.llm.prices import cost_range
 from instructforge.methods import eliminate as el
 from instructforge.methods.respond import respond_to
 from instructforge.prompt_files import prompt_env
@@ -221,6 +222,7 @@ class EvolConfig:
     shared_cache: str | None = None
     executor: str = "local"  # or "ray": seed chains sharded over a Ray cluster
     shards: int | None = None
+    max_cost: float | None = None  # dollars the run may spend at most (--max-cost)
     method: str = METHOD  # the records' `method` (Auto Evol-Instruct sets "auto_evol")
 
     def to_dict(self) -> dict[str, Any]:
@@ -462,6 +464,7 @@ def evolve(
         shared_cache=cfg.shared_cache,
         executor=cfg.executor,
         shards=cfg.shards,
+        max_cost=cfg.max_cost,
         num_gpus=gpus_needed(cfg.evol_llm, cfg.response_llm, cfg.judge_llm),
         may_grow=("rounds",),
     ).run(run, progress=progress)
@@ -517,6 +520,9 @@ def continuations(seeds: Iterable[Record], ends: dict[str, dict[str, Any]]
                    CONTINUATION: {"seed_id": seed["id"], **end}}
 
 
+PROMPT_TOKENS_APPROX = 400  # an evolving or judge template with an instruction in it
+
+
 def estimate(input_path: str | Path, config: EvolConfig | None = None) -> dict[str, Any]:
     """What :func:`evolve` would do and cost at most, without calling anything (the CLI's
     ``--dry-run``). Checks the config and the input as :func:`evolve` does."""
@@ -538,6 +544,15 @@ def estimate(input_path: str | Path, config: EvolConfig | None = None) -> dict[s
         "completion_tokens_max": n * cfg.rounds * (
             cfg.evol_max_tokens + cfg.response_max_tokens + judges * cfg.judge_max_tokens
         ),
+        # Prompts: an operation's template and the instruction, ~PROMPT_TOKENS_APPROX tokens.
+        "cost_usd": cost_range([
+            (cfg.evol_llm.resolve_price(), n * cfg.rounds, PROMPT_TOKENS_APPROX,
+             cfg.evol_max_tokens),
+            (cfg.response_llm.resolve_price(), n * cfg.rounds + (n if cfg.keep_seeds else 0),
+             PROMPT_TOKENS_APPROX, cfg.response_max_tokens),
+            (cfg.judge_llm.resolve_price(), n * cfg.rounds * judges, PROMPT_TOKENS_APPROX,
+             cfg.judge_max_tokens),
+        ]),
     }
 
 

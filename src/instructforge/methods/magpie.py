@@ -32,6 +32,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, TemplateNotFo
 from instructforge.engine import Built, Context, Job, JobResult, RequestCache, RunDir
 from instructforge.llm import LLM, LLMError, RawCompletionUnsupported, SamplingParams
 from instructforge.llm.config import ModelConfig, gpus_needed
+from instructforge.llm.prices import cost_range
 from instructforge.llm.templates import ChatTemplate, TemplateError, resolve_template
 from instructforge.methods.filters import FilterConfig, Rejection, TextFilters
 from instructforge.records import Record, instruction, new_record, rejected, stable_seed
@@ -88,6 +89,7 @@ class MagpieConfig:
     shared_cache: str | None = None
     executor: str = "local"  # or "ray": conversations sharded over a Ray cluster
     shards: int | None = None
+    max_cost: float | None = None  # dollars the run may spend at most (--max-cost)
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the bad field."""
@@ -335,6 +337,7 @@ def magpie(
         shared_cache=cfg.shared_cache,
         executor=cfg.executor,
         shards=cfg.shards,
+        max_cost=cfg.max_cost,
         num_gpus=gpus_needed(cfg.llm, cfg.response_llm),
         union_filter=_across_shards(cfg),
     ).run(run_dir, progress=progress)
@@ -392,6 +395,12 @@ def estimate(cfg: MagpieConfig) -> dict[str, Any]:
         "llm_calls_max": calls,
         "completion_tokens_max": cfg.n * cfg.turns
         * (cfg.query_max_tokens + cfg.response_max_tokens),
+        # Prompts: the pre-query template, then the conversation so far (~300 tokens a turn).
+        "cost_usd": cost_range([
+            (cfg.llm.resolve_price(), cfg.n * cfg.turns, 300 * cfg.turns, cfg.query_max_tokens),
+            ((cfg.response_llm or cfg.llm).resolve_price(), cfg.n * cfg.turns,
+             300 * cfg.turns, cfg.response_max_tokens),
+        ]),
         "template": cfg.template or "auto (read from the model's chat template)",
         "categories": ", ".join(f"{k}:{v:g}" for k, v in cfg.categories.items()) or "none",
     }

@@ -16,6 +16,7 @@ from instructforge.engine.run import ProcessFn
 from instructforge.inputs import InstructionSource
 from instructforge.llm import LLM, SamplingParams
 from instructforge.llm.config import ModelConfig, gpus_needed
+from instructforge.llm.prices import cost_range
 from instructforge.records import Record, instruction, stable_seed
 
 
@@ -34,6 +35,7 @@ class RespondConfig:
     shared_cache: str | None = None
     executor: str = "local"  # "ray": sharded over a Ray cluster (engine/ray_executor.py)
     shards: int | None = None
+    max_cost: float | None = None  # dollars the run may spend at most (--max-cost)
 
     def params(self) -> SamplingParams:
         return SamplingParams(self.temperature, self.top_p, self.max_tokens, self.seed)
@@ -93,6 +95,7 @@ def respond(
         shared_cache=cfg.shared_cache,
         executor=cfg.executor,
         shards=cfg.shards,
+        max_cost=cfg.max_cost,
         num_gpus=gpus_needed(cfg.llm),
     ).run(run_dir, progress=progress)
 
@@ -119,10 +122,12 @@ def estimate(source: InstructionSource, cfg: RespondConfig) -> dict[str, Any]:
             continue
         n += 1
         chars += len(instruction(rec)) + len(cfg.system_prompt or "")
+    prompt_tokens = chars // 4 + 20 * n  # ~4 characters a token plus the chat template
     return {
         "records": n,
         "llm_calls": n,
-        # ~4 characters a token plus the chat template's wrapping.
-        "prompt_tokens_approx": chars // 4 + 20 * n,
+        "prompt_tokens_approx": prompt_tokens,
         "completion_tokens_max": n * cfg.max_tokens,
+        "cost_usd": cost_range([(cfg.llm.resolve_price(), n, prompt_tokens // max(n, 1),
+                                 cfg.max_tokens)]),
     }
