@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 
 from typer.testing import CliRunner
@@ -234,3 +235,26 @@ def test_error_messages_show_a_servers_control_characters_escaped():
     shown = cap.get()
     assert "\x1b]0" not in shown and "\x07" not in shown
     assert "\\u001b]0;pwned\\u0007 bad [bold]request" in shown
+
+
+def test_recipe_keys_are_the_long_option_names(tmp_path):
+    # magpie's -n/--num: the recipe key is the flag's name, `num` (the parameter's own name,
+    # `n`, is accepted too).
+    for key in ("num", "n"):
+        recipe = tmp_path / f"{key}.yaml"
+        recipe.write_text(f"{key}: 7\n")
+        res = runner.invoke(app, ["magpie", "-o", str(tmp_path / "r"), "--config", str(recipe),
+                                  "--base-url", "http://127.0.0.1:9/v1", "-m", "x", "--dry-run"],
+                            terminal_width=200)
+        assert res.exit_code == 0, res.output
+        assert re.search(r"conversations\s+│\s+7\s", res.output), res.output
+
+
+def test_unknown_recipe_key_lists_the_long_option_names(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("nm: 7\n")
+    res = runner.invoke(app, ["magpie", "-o", str(tmp_path / "r"), "--config", str(recipe)],
+                        terminal_width=400)
+    assert res.exit_code == 2
+    assert "unknown key 'nm'" in res.output
+    assert " num," in res.output and " n," not in res.output

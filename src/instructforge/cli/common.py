@@ -59,16 +59,37 @@ def load_recipe(ctx: click.Context, param: click.Parameter, value: Path | None) 
     if isinstance(data.get("job"), str) and ctx.command.name != "rerun":
         raise typer.BadParameter(f"{value} is a run's config.yaml, not a recipe; reproduce the "
                                  f"run with: instructforge rerun --config {value} -o NEW_RUN_DIR")
-    names = {p.name for p in ctx.command.params if p.name}
+    keys = recipe_keys(ctx.command)
     defaults: dict[str, Any] = {}
     for key, v in data.items():
-        name = str(key).replace("-", "_")
-        if name not in names or name == "config":
-            valid = ", ".join(sorted(n.replace("_", "-") for n in names if n != "config"))
+        name = keys.get(str(key).replace("_", "-"))
+        if name is None:
+            valid = ", ".join(sorted({k for k, n in keys.items() if k == _long(ctx.command, n)}))
             raise typer.BadParameter(f"{value}: unknown key {key!r}; valid keys: {valid}")
         defaults[name] = v
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
     return value
+
+
+def recipe_keys(command: click.Command) -> dict[str, str]:
+    """The keys a recipe may use for ``command``, each mapped to its parameter: every long
+    option name without its dashes (``num`` and ``n`` alike for ``-n/--num``) and the
+    parameter's own name (arguments too), ``-`` or ``_`` between words."""
+    keys: dict[str, str] = {}
+    for p in command.params:
+        if not p.name or p.name == "config":
+            continue
+        keys[p.name.replace("_", "-")] = p.name
+        for opt in p.opts:
+            if opt.startswith("--"):
+                keys[opt[2:].replace("_", "-")] = p.name
+    return keys
+
+
+def _long(command: click.Command, name: str) -> str:
+    """The first long option name of parameter ``name``, without its dashes."""
+    p = next(p for p in command.params if p.name == name)
+    return next((o[2:] for o in p.opts if o.startswith("--")), name.replace("_", "-"))
 
 
 ConfigOpt = Annotated[
