@@ -62,6 +62,12 @@ JudgeMaxTokensOpt = Annotated[
 JudgeConcurrencyOpt = Annotated[
     int, typer.Option("--judge-concurrency", min=1, help="Records judged at once.")
 ]
+AnyRoleModelOpt = Annotated[
+    str | None,
+    typer.Option("--model", "-m", help="Model for every LLM role; here the only one is the "
+                 "judge, so this is --judge under the name the other commands use (--judge "
+                 "overrides it)."),
+]
 EmbeddingModelOpt = Annotated[
     str | None, typer.Option("--embedding-model", help="sentence-transformers model name or "
                              "folder (default: bundled all-MiniLM-L6-v2, offline).")
@@ -169,6 +175,7 @@ def analyze_cmd(
     minhash_threshold: MinhashThresholdAlias = None,
     duplicate_threshold: DuplicateThresholdAlias = None,
     judge: JudgeOpt = None,
+    model: AnyRoleModelOpt = None,
     base_url: BaseUrlOpt = None,
     api_key: ApiKeyOpt = None,
     model_path: ModelPathOpt = None,
@@ -212,7 +219,7 @@ def analyze_cmd(
     )
     if projection not in ("tsne", "umap", "pca"):
         raise ValueError(f"--projection must be tsne, umap or pca, got {projection!r}")
-    llm = _judge_llm(judge, base_url, api_key, model_path, max_concurrency, timeout)
+    llm = _judge_llm(judge or model, base_url, api_key, model_path, max_concurrency, timeout)
     result = analyze(source, cfg, judge_llm=llm, progress=progress,
                      log=lambda msg: console.print(f"[dim]{msg}[/dim]", highlight=False))
     _print_summary(result.metrics)
@@ -279,6 +286,7 @@ def filter_cmd(
     response_field: ResponseFieldOpt = None,
     id_field: IdFieldOpt = None,
     judge: JudgeOpt = None,
+    model: AnyRoleModelOpt = None,
     base_url: BaseUrlOpt = None,
     api_key: ApiKeyOpt = None,
     model_path: ModelPathOpt = None,
@@ -311,6 +319,6 @@ def filter_cmd(
                           concurrency=judge_concurrency),
         overwrite=overwrite,
     )
-    llm = _judge_llm(judge, base_url, api_key, model_path, max_concurrency, timeout)
+    llm = _judge_llm(judge or model, base_url, api_key, model_path, max_concurrency, timeout)
     result = filter_dataset(source, output, cfg, judge_llm=llm, progress=progress)
     console.print(result.summary(), highlight=False)

@@ -87,13 +87,23 @@ def evolve_cmd(
         bool, typer.Option("--keep-seeds/--no-keep-seeds",
                            help="Also output each seed (answered if it has no answer).")
     ] = False,
-    evol_model: Annotated[str, typer.Option("--evol-model", help=_SPEC_HELP)] = "embedded",
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="Model for every role (evolving, "
+                                 "answering, judging); a role option overrides it. "
+                                 + _SPEC_HELP + " [default: embedded]", show_default=False)
+    ] = None,
+    evol_model: Annotated[
+        str | None, typer.Option("--evol-model", help="Model that evolves instructions (same "
+                                 "spec forms; default: --model).")
+    ] = None,
     response_model: Annotated[
-        str, typer.Option("--response-model", help="Model that answers (same spec forms).")
-    ] = "embedded",
+        str | None, typer.Option("--response-model", help="Model that answers (default: "
+                                 "--model).")
+    ] = None,
     judge_model: Annotated[
-        str, typer.Option("--judge-model", help="Equal / Not Equal judge (same spec forms).")
-    ] = "embedded",
+        str | None, typer.Option("--judge-model", help="Equal / Not Equal judge (default: "
+                                 "--model).")
+    ] = None,
     base_url: BaseUrlOpt = None,
     api_key: ApiKeyOpt = None,
     max_concurrency: MaxConcurrencyOpt = None,
@@ -148,13 +158,14 @@ def evolve_cmd(
         except ValueError as e:
             raise EvolError(str(e)) from None
 
-        def model(spec: str) -> ModelConfig:
-            return ModelConfig(spec, base_url, None, max_concurrency, timeout, max_retries)
+        def role(spec: str | None) -> ModelConfig:
+            return ModelConfig(spec or model or "embedded", base_url, None, max_concurrency,
+                               timeout, max_retries)
 
         cfg = EvolConfig(
-            evol_llm=model(evol_model),
-            response_llm=model(response_model),
-            judge_llm=model(judge_model),
+            evol_llm=role(evol_model),
+            response_llm=role(response_model),
+            judge_llm=role(judge_model),
             rounds=rounds,
             operations=_split(ops) or None,
             weights=parse_weights(weights),
