@@ -202,29 +202,19 @@ def evolve_cmd(
 
 
 def print_summary(summary: dict[str, Any]) -> None:
-    """The end-of-run table: per round and operation, attempted / kept / eliminated by rule."""
-    # Only the rules that eliminated something get a column (the full counts are in
-    # summary.json), so the table stays narrow.
-    fired = summary["total"]["eliminated"]
-    rules = [r for r in (*el.ALL_RULES, el.EMPTY_INSTRUCTION) if fired.get(r)]
-    short = {"no_information_gain": "r1 equal", "hard_to_respond": "r2 sorry",
-             "only_stop_words": "r3 stopw", "copies_evolving_prompt": "r4 copies",
-             "truncated_evolution": "cut", "degenerate_repetition": "repeats",
-             "not_an_instruction": "answer", "lost_the_task": "lost task",
-             "empty_instruction": "empty"}
+    """The end-of-run tables, narrow enough for an 80-column terminal: per round and
+    operation, attempted / kept / eliminated / tokens; then per rule that fired (and the
+    normalised and cut children), the count overall and per round. Every figure per round and
+    operation is in summary.json."""
     t = Table(title="Evol-Instruct: per round and operation")
-    for col in ("round", "operation", "attempted", "kept", *[short[r] for r in rules],
-                "normalised", "truncated", "tokens"):
-        t.add_column(col, justify="left" if col == "operation" else "right")
+    for col in ("round", "operation", "tried", "kept", "elim.", "tokens"):
+        t.add_column(col, justify="left" if col == "operation" else "right",
+                     overflow="fold")
 
     def row(label_round: str, op: str, c: dict[str, Any], style: str | None = None) -> None:
-        t.add_row(
-            label_round, op, str(c["attempted"]), str(c["kept"]),
-            *[str(c["eliminated"].get(r, 0)) for r in rules],
-            str(c["normalised"]), str(c["truncated_responses"]),
-            f"{c['prompt_tokens'] + c['completion_tokens']:,}",
-            style=style,
-        )
+        t.add_row(label_round, op, str(c["attempted"]), str(c["kept"]),
+                  str(sum(c["eliminated"].values())),
+                  f"{c['prompt_tokens'] + c['completion_tokens']:,}", style=style)
 
     for per_round in summary["per_round"]:
         r = per_round["round"]
@@ -234,6 +224,28 @@ def print_summary(summary: dict[str, Any]) -> None:
         row(str(r), "all", per_round, style="bold")
     row("all", "all", summary["total"], style="bold green")
     out.print(t)
+
+    # Only what happened gets a row: the rules that eliminated something (the paper's
+    # numbered), then the children that needed normalisation and the answers cut short.
+    rules = [r for r in (*el.ALL_RULES, el.EMPTY_INSTRUCTION) if summary["total"]["eliminated"].get(r)]
+    labels = {r: f"{el.RULES.index(r) + 1} {r}" if r in el.RULES else r for r in rules}
+    labels |= {"normalised": "normalised", "truncated_responses": "answer cut (--max-tokens)"}
+    whys = [*rules, *(k for k in ("normalised", "truncated_responses") if summary["total"][k])]
+    if not whys:
+        return
+
+    def count(c: dict[str, Any], why: str) -> int:
+        return c["eliminated"].get(why, 0) if why in rules else c[why]
+
+    by_rule = Table(title="Eliminated by rule, normalised, cut")
+    by_rule.add_column("why", overflow="fold")
+    by_rule.add_column("all", justify="right")
+    by_rule.add_column("per round", overflow="fold")
+    for why in whys:
+        per = ", ".join(f"r{c['round']}: {count(c, why)}" for c in summary["per_round"]
+                        if count(c, why))
+        by_rule.add_row(labels[why], str(count(summary["total"], why)), per)
+    out.print(by_rule)
 
 
 def _short(text: str, width: int = 160) -> str:
