@@ -258,3 +258,25 @@ def test_unknown_recipe_key_lists_the_long_option_names(tmp_path):
     assert res.exit_code == 2
     assert "unknown key 'nm'" in res.output
     assert " num," in res.output and " n," not in res.output
+
+
+def test_respond_prints_sample_records_escaped_and_their_path(tmp_path, dev_server):
+    p = tmp_path / "in.jsonl"
+    p.write_text("".join(json.dumps({"id": f"q{i}", "instruction": f"Q{i} \x1b]0;pwned\x07?"})
+                         + "\n" for i in range(5)))
+    res = runner.invoke(app, ["respond", str(p), "-o", str(tmp_path / "run"), "--base-url",
+                              dev_server.url, "-m", "dev", "--no-progress", "--show", "2"],
+                        terminal_width=200)
+    assert res.exit_code == 0, res.output
+    assert res.output.count("--- q") == 2
+    assert "Q0 \\u001b]0;pwned\\u0007?" in res.output and "\x1b]0;" not in res.output
+    assert f"records: {tmp_path / 'run' / 'data' / 'records.jsonl'}" in res.output
+    assert "smoke-test" not in res.output  # a real model was named
+
+
+def test_the_default_model_is_called_a_smoke_test_model_with_the_way_to_a_real_one(tmp_path):
+    res = runner.invoke(app, ["respond", str(seeds(tmp_path)), "-o", str(tmp_path / "run"),
+                              "--dry-run"], terminal_width=300)
+    assert res.exit_code == 0, res.output
+    assert "smoke-test model" in res.output
+    assert "--model embedded:qwen2.5-coder-1.5b" in res.output and "--base-url" in res.output

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from instructforge.engine import JobResult
+from instructforge.engine import JobResult, RunDir
 from instructforge.errors import InstructForgeError
 from instructforge.llm.urls import redact_urls
 
@@ -237,6 +237,34 @@ def terminal_text(text: str, *, markup: bool = True) -> str:
     """
     safe = TERMINAL_CONTROLS.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
     return escape(safe) if markup else safe
+
+
+def print_samples(run: RunDir, k: int) -> None:
+    """The first ``k`` kept conversations, as plain text on stdout (control characters
+    escaped: model text never drives the terminal), then where all the records are."""
+    for i, rec in enumerate(run.kept()):
+        if i >= k:
+            break
+        cat = (rec.get("metadata") or {}).get("category")
+        out.print(f"[bold]--- {terminal_text(rec['id'])}"
+                  f"{terminal_text(f' ({cat})') if cat else ''}[/bold]", highlight=False)
+        for m in rec["messages"]:
+            text = m["content"] if len(m["content"]) <= 600 else m["content"][:600] + " [...]"
+            out.print(f"[cyan]{terminal_text(m['role'])}:[/cyan] {terminal_text(text)}",
+                      highlight=False)
+    console.print(f"records: {terminal_text(str(run.records))}", highlight=False, soft_wrap=True)
+
+
+def smoke_test_note(model: str, base_url: str | None, model_path: str | None) -> None:
+    """Say, when the default embedded model answers, that it is a smoke-test model and how to
+    name a real one."""
+    if base_url or model_path or model.strip() not in ("embedded", "embedded:smollm2-135m"):
+        return
+    console.print("[yellow]note:[/yellow] the default model, SmolLM2-135M on CPU, is a "
+                  "smoke-test model that shows the pipeline works, not one to make data with. "
+                  "For real data: --model embedded:qwen2.5-coder-1.5b (CPU; bash "
+                  "scripts/install.sh qwen), or any OpenAI-compatible server: --base-url "
+                  "http://HOST:PORT/v1 --model NAME.", highlight=False, soft_wrap=True)
 
 
 def print_plan(plan: dict[str, Any]) -> None:

@@ -30,8 +30,11 @@ from instructforge.cli.common import (
     handle_errors,
     positive,
     print_plan,
+    print_samples,
     print_usage,
+    smoke_test_note,
 )
+from instructforge.engine import RunDir
 from instructforge.inputs import InstructionSource
 from instructforge.llm.config import ModelConfig
 from instructforge.methods.respond import RespondConfig, estimate, respond
@@ -69,6 +72,7 @@ def respond_cmd(
     shared_cache: SharedCacheOpt = None,
     executor: ExecutorOpt = "local",
     shards: ShardsOpt = None,
+    show: Annotated[int, typer.Option(min=0, help="Sample records printed at the end.")] = 3,
     dry_run: DryRunOpt = False,
     progress: ProgressOpt = True,
 ) -> None:
@@ -91,6 +95,7 @@ def respond_cmd(
         executor=executor,
         shards=shards,
     )
+    smoke_test_note(model, base_url, model_path)
     if dry_run:
         source = InstructionSource(input, column=column, skip_invalid=skip_invalid, limit=limit)
         source.validate()
@@ -99,5 +104,6 @@ def respond_cmd(
         return
     result = respond(input, output, cfg, api_key=api_key, progress=progress)
     print_usage(result.usage)
+    print_samples(RunDir(output), show)
     console.print(result.summary(), highlight=False)
     exit_if_incomplete(result)
