@@ -280,3 +280,26 @@ def test_the_default_model_is_called_a_smoke_test_model_with_the_way_to_a_real_o
     assert res.exit_code == 0, res.output
     assert "smoke-test model" in res.output
     assert "--model embedded:qwen2.5-coder-1.5b" in res.output and "--base-url" in res.output
+
+
+def test_train_summary_says_when_too_few_steps_ran_to_show_a_loss_trend():
+    from instructforge.cli.train import loss_trend
+
+    assert loss_trend([(5, 0.88), (10, 0.41)], 5) == "loss 0.880 -> 0.410 (steps 5-10)"
+    for losses in ([(2, 0.381)], []):
+        text = loss_trend(losses, 5)
+        assert "too few steps to show a trend" in text and "->" not in text
+        assert "--logging-steps 5" in text
+
+
+def test_models_with_a_server_closes_its_http_session(dev_server):
+    # Run as a user does: aiohttp warns about a session left open when the process exits.
+    import os
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-m", "instructforge.cli", "models", "--base-url",
+                           dev_server.url], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert proc.returncode == 0, proc.stderr
+    assert "openai:" in proc.stdout
+    assert "Unclosed" not in proc.stderr

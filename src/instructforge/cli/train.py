@@ -24,6 +24,24 @@ def _steps(value: int) -> int:
     return value
 
 
+def loss_trend(losses: list[tuple[int, float]], logging_steps: int) -> str:
+    """How the logged training loss moved, or why it cannot show a trend.
+
+    >>> loss_trend([(5, 0.88), (10, 0.41)], 5)
+    'loss 0.880 -> 0.410 (steps 5-10)'
+    >>> loss_trend([(2, 0.381)], 5)
+    'loss 0.381 at step 2 only: too few steps to show a trend (the loss is logged every --logging-steps 5)'
+    """
+    why = f"the loss is logged every --logging-steps {logging_steps}"
+    if not losses:
+        return f"no loss logged: too few steps to show a trend ({why})"
+    (first_step, first), (last_step, last) = losses[0], losses[-1]
+    if len(losses) < 2:
+        return (f"loss {last:.3f} at step {last_step} only: too few steps to show a trend "
+                f"({why})")
+    return f"loss {first:.3f} -> {last:.3f} (steps {first_step}-{last_step})"
+
+
 @app.command("train")
 @handle_errors
 def train_cmd(
@@ -76,12 +94,11 @@ def train_cmd(
         resume=resume, device=device, progress=progress,
     )
     res = train(run_dir, cfg)
-    first = res.losses[0][1] if res.losses else float("nan")
-    last = res.losses[-1][1] if res.losses else float("nan")
     resumed = f", resumed from {res.resumed_from}" if res.resumed_from else ""
     console.print(
         f"trained {res.steps} steps on {res.examples} examples in {res.seconds:.0f}s "
-        f"(loss {first:.3f} -> {last:.3f}{resumed}) -> {res.model_dir}", highlight=False)
+        f"({loss_trend(res.losses, logging_steps)}{resumed}) -> {res.model_dir}",
+        highlight=False)
 
 
 @app.command("experiment")
