@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated
 
@@ -15,6 +16,7 @@ from instructforge.cli.common import (
     handle_errors,
     positive,
     print_error,
+    print_plan,
 )
 
 
@@ -78,13 +80,15 @@ def train_cmd(
     resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Continue from the last "
                       "checkpoint in MODEL_DIR/checkpoints.")] = True,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate the data and options, "
+                       "print the plan (examples, optimizer steps), train nothing.")] = False,
     progress: ProgressOpt = True,
 ) -> None:
     """Fine-tune a base model on a run's chats (loss on assistant tokens only).
 
     Example: [bold]instructforge train runs/demo --base-model embedded -o models/demo --lora[/bold]
     """
-    from instructforge.tuning.train import TrainConfig, train
+    from instructforge.tuning.train import TrainConfig, TrainError, load_conversations, train
 
     cfg = TrainConfig(
         base_model=base_model, output_dir=str(output), epochs=epochs, max_steps=max_steps,
@@ -93,6 +97,19 @@ def train_cmd(
         save_steps=save_steps, logging_steps=logging_steps, seed=seed, max_records=limit,
         resume=resume, device=device, progress=progress,
     )
+    if dry_run:
+        if device not in ("auto", "cpu", "cuda"):
+            raise TrainError(f"--device must be auto, cpu or cuda, got {device!r}")
+        if base_model != "embedded" and not Path(base_model).exists():
+            raise TrainError(f"--base-model {base_model}: no such file or folder")
+        examples = len(load_conversations(run_dir, limit))
+        per_step = batch_size * grad_accum
+        steps = max_steps if max_steps != -1 else math.ceil(epochs * math.ceil(examples / per_step))
+        print_plan({"data": run_dir, "examples": examples, "base model": base_model,
+                    "method": f"LoRA r={lora_r}" if lora else "full fine-tuning",
+                    "optimizer steps about": steps, "examples per step": per_step,
+                    "output": output})
+        return
     res = train(run_dir, cfg)
     resumed = f", resumed from {res.resumed_from}" if res.resumed_from else ""
     console.print(
