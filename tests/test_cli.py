@@ -303,3 +303,32 @@ def test_models_with_a_server_closes_its_http_session(dev_server):
     assert proc.returncode == 0, proc.stderr
     assert "openai:" in proc.stdout
     assert "Unclosed" not in proc.stderr
+
+
+def test_analyze_filter_train_and_eval_dry_runs_plan_and_write_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    chats = tmp_path / "chats.jsonl"
+    chats.write_text("".join(json.dumps({"id": f"c{i}", "messages": [
+        {"role": "user", "content": f"Q{i}?"}, {"role": "assistant", "content": f"A{i}."}]})
+        + "\n" for i in range(6)))
+    for args, planned in (
+        (["analyze", "chats.jsonl", "--judge", "embedded", "--judge-limit", "4"],
+         r"judge calls max\s+│\s+16\s"),  # 4 records x (3 ratings + tags)
+        (["filter", "chats.jsonl", "-o", "clean", "--min-quality", "good", "-m", "embedded"],
+         r"judge calls max\s+│\s+6\s"),
+        (["train", "chats.jsonl", "-o", "model", "--batch-size", "2", "--epochs", "2"],
+         r"optimizer steps about\s+│\s+6\s"),
+        (["eval", "-o", "ev", "--task", "pairwise", "--model", "embedded", "--baseline", "x.gguf",
+          "--limit", "3"], r"judge calls max\s+│\s+6\s"),
+    ):
+        res = runner.invoke(app, [*args, "--dry-run"], terminal_width=200)
+        assert res.exit_code == 0, res.output
+        assert "nothing was called" in res.output and re.search(planned, res.output), res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["chats.jsonl"]
+
+
+def test_a_dry_run_still_refuses_bad_input(tmp_path):
+    res = runner.invoke(app, ["train", str(tmp_path / "missing"), "-o", "m", "--dry-run"])
+    assert res.exit_code == 2 and "no such file" in res.output
+    res = runner.invoke(app, ["eval", "-o", "ev", "--task", "pairwise", "--dry-run"])
+    assert res.exit_code == 2 and "give --baseline" in res.output
