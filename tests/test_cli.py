@@ -332,3 +332,21 @@ def test_a_dry_run_still_refuses_bad_input(tmp_path):
     assert res.exit_code == 2 and "no such file" in res.output
     res = runner.invoke(app, ["eval", "-o", "ev", "--task", "pairwise", "--dry-run"])
     assert res.exit_code == 2 and "give --baseline" in res.output
+
+
+def test_the_usage_table_folds_long_model_ids_at_80_columns(monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    from instructforge.cli import common
+
+    buf = io.StringIO()
+    monkeypatch.setattr(common, "console", Console(file=buf, width=80, color_system=None))
+    model = "openai:Qwen/Qwen2.5-Coder-32B-Instruct@http://inference-host:8000/v1"
+    common.print_usage({"runs": [{"by_model_step": {model: {"evolve": {
+        "requests": 12345, "cached": 0, "errors": 0, "prompt_tokens": 9_876_543,
+        "completion_tokens": 1_234_567}}}}]})
+    text = buf.getvalue()
+    assert "…" not in text and max(len(line) for line in text.splitlines()) <= 80
+    assert "9876543" in text and "1234567" in text

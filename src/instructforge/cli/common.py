@@ -278,7 +278,8 @@ def print_plan(plan: dict[str, Any]) -> None:
 def print_usage(usage: dict[str, Any]) -> None:
     t = Table(title="Token usage (this invocation)")
     for col in ("model", "step", "requests", "cached", "errors", "prompt tok", "completion tok"):
-        t.add_column(col)
+        # Model ids are long: fold them on a narrow terminal rather than cut them with "…".
+        t.add_column(col, overflow="fold")
     runs = usage.get("runs") or [{}]
     for model, steps in runs[-1].get("by_model_step", {}).items():
         for step, u in steps.items():
