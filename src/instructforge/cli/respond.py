@@ -95,15 +95,16 @@ def respond_cmd(
         executor=executor,
         shards=shards,
     )
-    smoke_test_note(model, base_url, model_path)
     if dry_run:
         source = InstructionSource(input, column=column, skip_invalid=skip_invalid, limit=limit)
         source.validate()
         print_plan({"input": input, "model": model if not base_url else f"{model} @ {base_url}",
                     **estimate(source, cfg)})
+        smoke_test_note(model, base_url, model_path)
         return
     result = respond(input, output, cfg, api_key=api_key, progress=progress)
     print_usage(result.usage)
     print_samples(RunDir(output), show)
     console.print(result.summary(), highlight=False)
+    smoke_test_note(model, base_url, model_path)
     exit_if_incomplete(result)
