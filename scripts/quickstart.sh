@@ -3,5 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
+# Prints three sample answers, where the records are, and (the default model being
+# SmolLM2-135M, a smoke-test model) how to name a real model.
 .venv/bin/instructforge respond examples/instructions.jsonl -o runs/quickstart
-echo "records: runs/quickstart/data/records.jsonl"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 
 from typer.testing import CliRunner
@@ -234,3 +235,118 @@ def test_error_messages_show_a_servers_control_characters_escaped():
     shown = cap.get()
     assert "\x1b]0" not in shown and "\x07" not in shown
     assert "\\u001b]0;pwned\\u0007 bad [bold]request" in shown
+
+
+def test_recipe_keys_are_the_long_option_names(tmp_path):
+    # magpie's -n/--num: the recipe key is the flag's name, `num` (the parameter's own name,
+    # `n`, is accepted too).
+    for key in ("num", "n"):
+        recipe = tmp_path / f"{key}.yaml"
+        recipe.write_text(f"{key}: 7\n")
+        res = runner.invoke(app, ["magpie", "-o", str(tmp_path / "r"), "--config", str(recipe),
+                                  "--base-url", "http://127.0.0.1:9/v1", "-m", "x", "--dry-run"],
+                            terminal_width=200)
+        assert res.exit_code == 0, res.output
+        assert re.search(r"conversations\s+│\s+7\s", res.output), res.output
+
+
+def test_unknown_recipe_key_lists_the_long_option_names(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("nm: 7\n")
+    res = runner.invoke(app, ["magpie", "-o", str(tmp_path / "r"), "--config", str(recipe)],
+                        terminal_width=400)
+    assert res.exit_code == 2
+    assert "unknown key 'nm'" in res.output
+    assert " num," in res.output and " n," not in res.output
+
+
+def test_respond_prints_sample_records_escaped_and_their_path(tmp_path, dev_server):
+    p = tmp_path / "in.jsonl"
+    p.write_text("".join(json.dumps({"id": f"q{i}", "instruction": f"Q{i} \x1b]0;pwned\x07?"})
+                         + "\n" for i in range(5)))
+    res = runner.invoke(app, ["respond", str(p), "-o", str(tmp_path / "run"), "--base-url",
+                              dev_server.url, "-m", "dev", "--no-progress", "--show", "2"],
+                        terminal_width=200)
+    assert res.exit_code == 0, res.output
+    assert res.output.count("--- q") == 2
+    assert "Q0 \\u001b]0;pwned\\u0007?" in res.output and "\x1b]0;" not in res.output
+    assert f"records: {tmp_path / 'run' / 'data' / 'records.jsonl'}" in res.output
+    assert "smoke-test" not in res.output  # a real model was named
+
+
+def test_the_default_model_is_called_a_smoke_test_model_with_the_way_to_a_real_one(tmp_path):
+    res = runner.invoke(app, ["respond", str(seeds(tmp_path)), "-o", str(tmp_path / "run"),
+                              "--dry-run"], terminal_width=300)
+    assert res.exit_code == 0, res.output
+    assert "smoke-test model" in res.output
+    assert "--model embedded:qwen2.5-coder-1.5b" in res.output and "--base-url" in res.output
+
+
+def test_train_summary_says_when_too_few_steps_ran_to_show_a_loss_trend():
+    from instructforge.cli.train import loss_trend
+
+    assert loss_trend([(5, 0.88), (10, 0.41)], 5) == "loss 0.880 -> 0.410 (steps 5-10)"
+    for losses in ([(2, 0.381)], []):
+        text = loss_trend(losses, 5)
+        assert "too few steps to show a trend" in text and "->" not in text
+        assert "--logging-steps 5" in text
+
+
+def test_models_with_a_server_closes_its_http_session(dev_server):
+    # Run as a user does: aiohttp warns about a session left open when the process exits.
+    import os
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-m", "instructforge.cli", "models", "--base-url",
+                           dev_server.url], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert proc.returncode == 0, proc.stderr
+    assert "openai:" in proc.stdout
+    assert "Unclosed" not in proc.stderr
+
+
+def test_analyze_filter_train_and_eval_dry_runs_plan_and_write_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    chats = tmp_path / "chats.jsonl"
+    chats.write_text("".join(json.dumps({"id": f"c{i}", "messages": [
+        {"role": "user", "content": f"Q{i}?"}, {"role": "assistant", "content": f"A{i}."}]})
+        + "\n" for i in range(6)))
+    for args, planned in (
+        (["analyze", "chats.jsonl", "--judge", "embedded", "--judge-limit", "4"],
+         r"judge calls max\s+│\s+16\s"),  # 4 records x (3 ratings + tags)
+        (["filter", "chats.jsonl", "-o", "clean", "--min-quality", "good", "-m", "embedded"],
+         r"judge calls max\s+│\s+6\s"),
+        (["train", "chats.jsonl", "-o", "model", "--batch-size", "2", "--epochs", "2"],
+         r"optimizer steps about\s+│\s+6\s"),
+        (["eval", "-o", "ev", "--task", "pairwise", "--model", "embedded", "--baseline", "x.gguf",
+          "--limit", "3"], r"judge calls max\s+│\s+6\s"),
+    ):
+        res = runner.invoke(app, [*args, "--dry-run"], terminal_width=200)
+        assert res.exit_code == 0, res.output
+        assert "nothing was called" in res.output and re.search(planned, res.output), res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["chats.jsonl"]
+
+
+def test_a_dry_run_still_refuses_bad_input(tmp_path):
+    res = runner.invoke(app, ["train", str(tmp_path / "missing"), "-o", "m", "--dry-run"])
+    assert res.exit_code == 2 and "no such file" in res.output
+    res = runner.invoke(app, ["eval", "-o", "ev", "--task", "pairwise", "--dry-run"])
+    assert res.exit_code == 2 and "give --baseline" in res.output
+
+
+def test_the_usage_table_folds_long_model_ids_at_80_columns(monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    from instructforge.cli import common
+
+    buf = io.StringIO()
+    monkeypatch.setattr(common, "console", Console(file=buf, width=80, color_system=None))
+    model = "openai:Qwen/Qwen2.5-Coder-32B-Instruct@http://inference-host:8000/v1"
+    common.print_usage({"runs": [{"by_model_step": {model: {"evolve": {
+        "requests": 12345, "cached": 0, "errors": 0, "prompt_tokens": 9_876_543,
+        "completion_tokens": 1_234_567}}}}]})
+    text = buf.getvalue()
+    assert "…" not in text and max(len(line) for line in text.splitlines()) <= 80
+    assert "9876543" in text and "1234567" in text

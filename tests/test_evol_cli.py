@@ -64,3 +64,54 @@ def test_missing_input_file_is_a_clear_error(tmp_path):
                                       str(tmp_path / "r"), "--dry-run"])
     assert result.exit_code == 2
     assert "nope.jsonl: no such file" in " ".join(result.output.split())
+
+
+def _busy_summary(rounds: int = 4) -> dict:
+    """A summary where every operation ran in every round and every rule fired."""
+    from collections import Counter
+
+    from instructforge.methods import eliminate as el
+    from instructforge.methods.evol_instruct import IN_BREADTH, IN_DEPTH
+
+    rules = (*el.ALL_RULES, el.EMPTY_INSTRUCTION)
+
+    def cell(n: int) -> dict:
+        return {"attempted": 1000 * n, "kept": 400 * n, "normalised": 12 * n,
+                "truncated_responses": 33 * n,
+                "eliminated": Counter({r: 70 * n + i for i, r in enumerate(rules)}),
+                "prompt_tokens": 9_000_000 * n, "completion_tokens": 4_000_000 * n}
+
+    def merge(cells: list[dict]) -> dict:
+        out = cell(0)
+        for c in cells:
+            for k in out:
+                out[k] = out[k] + c[k]
+        return out
+
+    rows = [{"round": r, "operation": op, **cell(r)}
+            for r in range(1, rounds + 1) for op in (*IN_DEPTH, *IN_BREADTH)]
+    per_round = [{"round": r, **merge([c for c in rows if c["round"] == r])}
+                 for r in range(1, rounds + 1)]
+    return {"rows": rows, "per_round": per_round, "total": merge(per_round)}
+
+
+def test_summary_tables_fit_80_columns_without_cutting_a_name(monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    from instructforge.cli import evolve as evolve_cli
+    from instructforge.methods import eliminate as el
+    from instructforge.methods.evol_instruct import IN_BREADTH, IN_DEPTH
+
+    buf = io.StringIO()
+    monkeypatch.setattr(evolve_cli, "out", Console(file=buf, width=80, color_system=None))
+    summary = _busy_summary()
+    evolve_cli.print_summary(summary)
+    text = buf.getvalue()
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert "…" not in text
+    for name in (*IN_DEPTH, *IN_BREADTH, *el.ALL_RULES, el.EMPTY_INSTRUCTION):
+        assert name in text
+    total = summary["total"]
+    assert f"{total['prompt_tokens'] + total['completion_tokens']:,}" in text  # never cut

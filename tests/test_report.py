@@ -142,3 +142,19 @@ def test_lineage_browser_takes_missing_ancestors_from_the_history(chromium, tmp_
     assert page_errors(proc.stdout, proc.stderr) == []
     assert "(from lineage.history)" in detail and "Name three fruits." in detail
     assert "Path from the seed (3 evolution steps)" in detail
+
+
+def test_per_round_note_says_whether_round_0_holds_the_seeds(tmp_path):
+    import json
+
+    run = make_evolve_run(tmp_path)
+    records = run / "data" / "records.jsonl"
+    lines = records.read_text().splitlines()
+    with_seeds = analyze(run, AnalyzeConfig(embeddings=False), progress=False).report
+    assert "Round 0 holds the seeds." in with_seeds.read_text()
+    # An evolve run without --keep-seeds: every record is a child (round >= 1).
+    records.write_text("".join(line + "\n" for line in lines
+                               if json.loads(line)["lineage"]["round"] > 0))
+    text = analyze(run, AnalyzeConfig(embeddings=False), progress=False).report.read_text()
+    assert "Round 0 holds the seeds" not in text
+    assert "The seeds were not kept, so there is no round 0" in text

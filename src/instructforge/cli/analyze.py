@@ -11,7 +11,8 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.table import Table
 
-from instructforge.analysis.analyze import AnalyzeConfig, analyze
+from instructforge.analysis.analyze import AnalyzeConfig, analyze, output_paths
+from instructforge.analysis.dataset import load_dataset
 from instructforge.analysis.filter import (
     DEDUP_KINDS,
     DatasetFilterConfig,
@@ -23,6 +24,7 @@ from instructforge.cli.common import (
     ApiKeyOpt,
     BaseUrlOpt,
     ConfigOpt,
+    DryRunOpt,
     MaxConcurrencyOpt,
     ModelPathOpt,
     ProgressOpt,
@@ -32,6 +34,7 @@ from instructforge.cli.common import (
     handle_errors,
     out,
     print_error,
+    print_plan,
 )
 from instructforge.dedup import EMBEDDING_THRESHOLD, NEAR_DUP_THRESHOLD
 from instructforge.errors import InstructForgeError
@@ -61,6 +64,12 @@ JudgeMaxTokensOpt = Annotated[
 ]
 JudgeConcurrencyOpt = Annotated[
     int, typer.Option("--judge-concurrency", min=1, help="Records judged at once.")
+]
+AnyRoleModelOpt = Annotated[
+    str | None,
+    typer.Option("--model", "-m", help="Model for every LLM role; here the only one is the "
+                 "judge, so this is --judge under the name the other commands use (--judge "
+                 "overrides it)."),
 ]
 EmbeddingModelOpt = Annotated[
     str | None, typer.Option("--embedding-model", help="sentence-transformers model name or "
@@ -130,6 +139,10 @@ def _judge_llm(spec: str | None, base_url: str | None, api_key: str | None,
     return ModelConfig(spec, base_url, model_path, max_concurrency, timeout).build(api_key)
 
 
+def _judge_name(spec: str | None, base_url: str | None) -> str | None:
+    return f"{spec} @ {base_url}" if spec and base_url else spec
+
+
 def _split(value: str | None) -> tuple[str, ...]:
     return tuple(v.strip() for v in (value or "").split(",") if v.strip())
 
@@ -169,6 +182,7 @@ def analyze_cmd(
     minhash_threshold: MinhashThresholdAlias = None,
     duplicate_threshold: DuplicateThresholdAlias = None,
     judge: JudgeOpt = None,
+    model: AnyRoleModelOpt = None,
     base_url: BaseUrlOpt = None,
     api_key: ApiKeyOpt = None,
     model_path: ModelPathOpt = None,
@@ -188,6 +202,7 @@ def analyze_cmd(
     judge_concurrency: JudgeConcurrencyOpt = 16,
     report: Annotated[bool, typer.Option("--report/--no-report", help="Write report.html.")] = True,
     seed: Annotated[int, typer.Option(min=0, help="Seed of the 2-D projection.")] = 0,
+    dry_run: DryRunOpt = False,
     progress: ProgressOpt = True,
 ) -> None:
     """Measure a dataset and write metrics.json and a self-contained report.html.
@@ -212,7 +227,21 @@ def analyze_cmd(
     )
     if projection not in ("tsne", "umap", "pca"):
         raise ValueError(f"--projection must be tsne, umap or pca, got {projection!r}")
-    llm = _judge_llm(judge, base_url, api_key, model_path, max_concurrency, timeout)
+    if dry_run:
+        ds = load_dataset(source, instruction_field=instruction_field,
+                          response_field=response_field, id_field=id_field)
+        folder, page = output_paths(source, cfg.out_dir)
+        rows = len(ds.records) + len(ds.rejected)
+        judged = min(rows, judge_limit or rows) if judge or model else 0
+        per_record = len(cfg.judge.ratings) + bool(cfg.judge.tags)
+        print_plan({"source": source, "records": len(ds.records), "rejected": len(ds.rejected),
+                    "embedded records": min(len(ds.records), max_embed or len(ds.records))
+                    if embeddings else "off",
+                    "judge": _judge_name(judge or model, base_url) or "none (no --judge)",
+                    "judge calls max": judged * per_record,
+                    "output": folder, "report": page if report else "off"})
+        return
+    llm = _judge_llm(judge or model, base_url, api_key, model_path, max_concurrency, timeout)
     result = analyze(source, cfg, judge_llm=llm, progress=progress,
                      log=lambda msg: console.print(f"[dim]{msg}[/dim]", highlight=False))
     _print_summary(result.metrics)
@@ -279,6 +308,7 @@ def filter_cmd(
     response_field: ResponseFieldOpt = None,
     id_field: IdFieldOpt = None,
     judge: JudgeOpt = None,
+    model: AnyRoleModelOpt = None,
     base_url: BaseUrlOpt = None,
     api_key: ApiKeyOpt = None,
     model_path: ModelPathOpt = None,
@@ -288,6 +318,7 @@ def filter_cmd(
     judge_concurrency: JudgeConcurrencyOpt = 16,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace OUTPUT if it exists.")]
     = False,
+    dry_run: DryRunOpt = False,
     progress: ProgressOpt = True,
 ) -> None:
     """Keep rows by judge ratings and drop duplicates into a new run directory.
@@ -311,6 +342,19 @@ def filter_cmd(
                           concurrency=judge_concurrency),
         overwrite=overwrite,
     )
-    llm = _judge_llm(judge, base_url, api_key, model_path, max_concurrency, timeout)
+    if dry_run:
+        ds = load_dataset(source, instruction_field=instruction_field,
+                          response_field=response_field, id_field=id_field)
+        if output.exists() and any(output.iterdir()) and not overwrite:
+            raise ValueError(f"{output}: already exists and is not empty (use --overwrite)")
+        needs = cfg.needs_ratings
+        print_plan({"source": source, "records": len(ds.records),
+                    "rating filters": ", ".join(needs) or "none",
+                    "judge": (_judge_name(judge or model, base_url) or "none") if needs else
+                    "not needed",
+                    "judge calls max": len(ds.records) * len(needs) if judge or model else 0,
+                    "dedup": " -> ".join(cfg.dedup) or "none", "output": output})
+        return
+    llm = _judge_llm(judge or model, base_url, api_key, model_path, max_concurrency, timeout)
     result = filter_dataset(source, output, cfg, judge_llm=llm, progress=progress)
     console.print(result.summary(), highlight=False)

@@ -96,18 +96,26 @@ def auto_evol_cmd(
                      "universal initial method.", dir_okay=False),
     ] = None,
     seed: Annotated[int, typer.Option(help="Run seed: sampling, dev set and mini-batches.")] = 0,
-    evol_model: Annotated[str, typer.Option("--evol-model", help=_SPEC_HELP)] = "embedded",
+    model: Annotated[
+        str | None, typer.Option("--model", help="Model for every role (evolving, optimizing, "
+                                 "answering, judging); a role option overrides it. "
+                                 + _SPEC_HELP + " [default: embedded]", show_default=False)
+    ] = None,
+    evol_model: Annotated[
+        str | None, typer.Option("--evol-model", help="Model that evolves instructions (same "
+                                 "spec forms; default: --model).")
+    ] = None,
     optimizer_model: Annotated[
-        str, typer.Option("--optimizer-model", help="Model that analyses trajectories and "
-                          "rewrites the method (same spec forms).")
-    ] = "embedded",
+        str | None, typer.Option("--optimizer-model", help="Model that analyses trajectories "
+                                 "and rewrites the method (default: --model).")
+    ] = None,
     response_model: Annotated[
         str | None, typer.Option("--response-model", help="Model that answers evolved "
-                                 "instructions (default: the evol model).")
+                                 "instructions (default: --model, else the evol model).")
     ] = None,
     judge_model: Annotated[
-        str | None, typer.Option("--judge-model", help="Equal / Not Equal judge (default: the "
-                                 "evol model).")
+        str | None, typer.Option("--judge-model", help="Equal / Not Equal judge (default: "
+                                 "--model, else the evol model).")
     ] = None,
     base_url: BaseUrlOpt = None,
     api_key: ApiKeyOpt = None,
@@ -174,17 +182,18 @@ def auto_evol_cmd(
         raise AutoEvolError(f"unknown rule set {rules!r}; choose one of: "
                             f"{', '.join(el.PRESETS)}")
 
-    def model(spec: str) -> ModelConfig:
-        return ModelConfig(spec, base_url, None, max_concurrency, timeout, max_retries,
-                           price=price, rpm=rpm, tpm=tpm)
+    def role(spec: str | None) -> ModelConfig:
+        return ModelConfig(spec or model or "embedded", base_url, None, max_concurrency,
+                           timeout, max_retries, price=price, rpm=rpm, tpm=tpm)
 
     if initial_method is not None:
         EvolvingMethod.load(initial_method)  # a bad file fails before any call
     # What the search shares with Evol-Instruct (and the final pass runs) ...
     evol = evol_config(
-        evol_llm=model(evol_model),
-        **({"response_llm": model(response_model)} if response_model else {}),
-        **({"judge_llm": model(judge_model)} if judge_model else {}),
+        evol_llm=role(evol_model),
+        # Without --model, the answering and judging roles follow --evol-model.
+        **({"response_llm": role(response_model)} if response_model or model else {}),
+        **({"judge_llm": role(judge_model)} if judge_model or model else {}),
         rounds=rounds, seed=seed,
         elimination=el.EliminationConfig.preset(
             rules, [r for r in disabled if r in el.ALL_RULES]),
@@ -197,7 +206,7 @@ def auto_evol_cmd(
     # ... and what only the search has.
     cfg = AutoEvolConfig(
         evol=evol,
-        optimizer_llm=model(optimizer_model),
+        optimizer_llm=role(optimizer_model),
         steps=steps, patience=patience, candidates=candidates,
         trajectory_steps=trajectory_steps, batch_size=batch_size, dev_size=dev_size,
         initial_method=str(initial_method) if initial_method else None,

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from instructforge.engine import JobResult
+from instructforge.engine import JobResult, RunDir
 from instructforge.errors import InstructForgeError
 from instructforge.llm.prices import PriceError, parse_price
 from instructforge.llm.urls import redact_urls
@@ -60,16 +60,37 @@ def load_recipe(ctx: click.Context, param: click.Parameter, value: Path | None) 
     if isinstance(data.get("job"), str) and ctx.command.name != "rerun":
         raise typer.BadParameter(f"{value} is a run's config.yaml, not a recipe; reproduce the "
                                  f"run with: instructforge rerun --config {value} -o NEW_RUN_DIR")
-    names = {p.name for p in ctx.command.params if p.name}
+    keys = recipe_keys(ctx.command)
     defaults: dict[str, Any] = {}
     for key, v in data.items():
-        name = str(key).replace("-", "_")
-        if name not in names or name == "config":
-            valid = ", ".join(sorted(n.replace("_", "-") for n in names if n != "config"))
+        name = keys.get(str(key).replace("_", "-"))
+        if name is None:
+            valid = ", ".join(sorted({k for k, n in keys.items() if k == _long(ctx.command, n)}))
             raise typer.BadParameter(f"{value}: unknown key {key!r}; valid keys: {valid}")
         defaults[name] = v
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
     return value
+
+
+def recipe_keys(command: click.Command) -> dict[str, str]:
+    """The keys a recipe may use for ``command``, each mapped to its parameter: every long
+    option name without its dashes (``num`` and ``n`` alike for ``-n/--num``) and the
+    parameter's own name (arguments too), ``-`` or ``_`` between words."""
+    keys: dict[str, str] = {}
+    for p in command.params:
+        if not p.name or p.name == "config":
+            continue
+        keys[p.name.replace("_", "-")] = p.name
+        for opt in p.opts:
+            if opt.startswith("--"):
+                keys[opt[2:].replace("_", "-")] = p.name
+    return keys
+
+
+def _long(command: click.Command, name: str) -> str:
+    """The first long option name of parameter ``name``, without its dashes."""
+    p = next(p for p in command.params if p.name == name)
+    return next((o[2:] for o in p.opts if o.startswith("--")), name.replace("_", "-"))
 
 
 ConfigOpt = Annotated[
@@ -255,6 +276,34 @@ def terminal_text(text: str, *, markup: bool = True) -> str:
     return escape(safe) if markup else safe
 
 
+def print_samples(run: RunDir, k: int) -> None:
+    """The first ``k`` kept conversations, as plain text on stdout (control characters
+    escaped: model text never drives the terminal), then where all the records are."""
+    for i, rec in enumerate(run.kept()):
+        if i >= k:
+            break
+        cat = (rec.get("metadata") or {}).get("category")
+        out.print(f"[bold]--- {terminal_text(rec['id'])}"
+                  f"{terminal_text(f' ({cat})') if cat else ''}[/bold]", highlight=False)
+        for m in rec["messages"]:
+            text = m["content"] if len(m["content"]) <= 600 else m["content"][:600] + " [...]"
+            out.print(f"[cyan]{terminal_text(m['role'])}:[/cyan] {terminal_text(text)}",
+                      highlight=False)
+    console.print(f"records: {terminal_text(str(run.records))}", highlight=False, soft_wrap=True)
+
+
+def smoke_test_note(model: str, base_url: str | None, model_path: str | None) -> None:
+    """Say, when the default embedded model answers, that it is a smoke-test model and how to
+    name a real one."""
+    if base_url or model_path or model.strip() not in ("embedded", "embedded:smollm2-135m"):
+        return
+    console.print("[yellow]note:[/yellow] the default model, SmolLM2-135M on CPU, is a "
+                  "smoke-test model that shows the pipeline works, not one to make data with. "
+                  "For real data: --model embedded:qwen2.5-coder-1.5b (CPU; bash "
+                  "scripts/install.sh qwen), or any OpenAI-compatible server: --base-url "
+                  "http://HOST:PORT/v1 --model NAME.", highlight=False, soft_wrap=True)
+
+
 def print_plan(plan: dict[str, Any]) -> None:
     """The ``--dry-run`` report (server URLs without their credentials)."""
     t = Table(title="Dry run: nothing was called", show_header=False)
@@ -267,7 +316,8 @@ def print_usage(usage: dict[str, Any]) -> None:
     t = Table(title="Token usage (this invocation)")
     for col in ("model", "step", "requests", "cached", "errors", "prompt tok", "completion tok",
                 "cost $"):
-        t.add_column(col)
+        # Model ids are long: fold them on a narrow terminal rather than cut them with "…".
+        t.add_column(col, overflow="fold")
     runs = usage.get("runs") or [{}]
     for model, steps in runs[-1].get("by_model_step", {}).items():
         for step, u in steps.items():

@@ -11,12 +11,14 @@ from rich.markup import escape
 
 from instructforge.cli.common import (
     ConfigOpt,
+    DryRunOpt,
     ProgressOpt,
     app,
     console,
     handle_errors,
     out,
     positive,
+    print_plan,
 )
 
 
@@ -61,6 +63,7 @@ def eval_cmd(
     concurrency: Annotated[int, typer.Option(min=1, help="Questions in flight.")] = 8,
     device: Annotated[str, typer.Option(help="For Hugging Face folders: auto, cpu, cuda.")
                       ] = "auto",
+    dry_run: DryRunOpt = False,
     progress: ProgressOpt = True,
 ) -> None:
     """Evaluate a model, optionally against a baseline, and print a results table.
@@ -68,7 +71,13 @@ def eval_cmd(
     Example: [bold]instructforge eval --model models/evolved --baseline models/seeds
     --task pairwise -o evals/pairwise[/bold]
     """
-    from instructforge.tuning.eval import EvalConfig, evaluate, results_table
+    from instructforge.tuning.eval import (
+        EvalConfig,
+        EvalError,
+        evaluate,
+        load_items,
+        results_table,
+    )
 
     cfg = EvalConfig(
         task=task.value, model=model, baseline=baseline, judge_model=judge_model, data=data,
@@ -76,6 +85,18 @@ def eval_cmd(
         temperature=temperature, code_timeout=code_timeout, code_memory_mb=code_memory_mb,
         unsafe_exec=unsafe_exec, concurrency=concurrency, device=device, progress=progress,
     )
+    if dry_run:
+        if task == Task.pairwise and not baseline:
+            raise EvalError("the pairwise task compares two models: give --baseline")
+        questions = len(load_items(task.value, data, limit))
+        models = [model, *([baseline] if baseline else [])]
+        print_plan({"task": task.value, "questions": questions, "model": model,
+                    "baseline": baseline or "none",
+                    "answer calls": questions * len(models),
+                    "judge calls max": 2 * questions if task == Task.pairwise else 0,
+                    "judge": judge_model if task == Task.pairwise else "none (scored exactly)",
+                    "output": output})
+        return
     if task == Task.code and unsafe_exec:
         from instructforge.tuning.sandbox import sandbox_problem
 

@@ -90,13 +90,23 @@ def evolve_cmd(
         bool, typer.Option("--keep-seeds/--no-keep-seeds",
                            help="Also output each seed (answered if it has no answer).")
     ] = False,
-    evol_model: Annotated[str, typer.Option("--evol-model", help=_SPEC_HELP)] = "embedded",
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="Model for every role (evolving, "
+                                 "answering, judging); a role option overrides it. "
+                                 + _SPEC_HELP + " [default: embedded]", show_default=False)
+    ] = None,
+    evol_model: Annotated[
+        str | None, typer.Option("--evol-model", help="Model that evolves instructions (same "
+                                 "spec forms; default: --model).")
+    ] = None,
     response_model: Annotated[
-        str, typer.Option("--response-model", help="Model that answers (same spec forms).")
-    ] = "embedded",
+        str | None, typer.Option("--response-model", help="Model that answers (default: "
+                                 "--model).")
+    ] = None,
     judge_model: Annotated[
-        str, typer.Option("--judge-model", help="Equal / Not Equal judge (same spec forms).")
-    ] = "embedded",
+        str | None, typer.Option("--judge-model", help="Equal / Not Equal judge (default: "
+                                 "--model).")
+    ] = None,
     base_url: BaseUrlOpt = None,
     api_key: ApiKeyOpt = None,
     max_concurrency: MaxConcurrencyOpt = None,
@@ -154,14 +164,14 @@ def evolve_cmd(
     except ValueError as e:
         raise EvolError(str(e)) from None
 
-    def model(spec: str) -> ModelConfig:
-        return ModelConfig(spec, base_url, None, max_concurrency, timeout, max_retries,
-                           price=price, rpm=rpm, tpm=tpm)
+    def role(spec: str | None) -> ModelConfig:
+        return ModelConfig(spec or model or "embedded", base_url, None, max_concurrency,
+                           timeout, max_retries, price=price, rpm=rpm, tpm=tpm)
 
     cfg = EvolConfig(
-        evol_llm=model(evol_model),
-        response_llm=model(response_model),
-        judge_llm=model(judge_model),
+        evol_llm=role(evol_model),
+        response_llm=role(response_model),
+        judge_llm=role(judge_model),
         rounds=rounds,
         operations=_split(ops) or None,
         weights=parse_weights(weights),
@@ -196,29 +206,19 @@ def evolve_cmd(
 
 
 def print_summary(summary: dict[str, Any]) -> None:
-    """The end-of-run table: per round and operation, attempted / kept / eliminated by rule."""
-    # Only the rules that eliminated something get a column (the full counts are in
-    # summary.json), so the table stays narrow.
-    fired = summary["total"]["eliminated"]
-    rules = [r for r in (*el.ALL_RULES, el.EMPTY_INSTRUCTION) if fired.get(r)]
-    short = {"no_information_gain": "r1 equal", "hard_to_respond": "r2 sorry",
-             "only_stop_words": "r3 stopw", "copies_evolving_prompt": "r4 copies",
-             "truncated_evolution": "cut", "degenerate_repetition": "repeats",
-             "not_an_instruction": "answer", "lost_the_task": "lost task",
-             "empty_instruction": "empty"}
+    """The end-of-run tables, narrow enough for an 80-column terminal: per round and
+    operation, attempted / kept / eliminated / tokens; then per rule that fired (and the
+    normalised and cut children), the count overall and per round. Every figure per round and
+    operation is in summary.json."""
     t = Table(title="Evol-Instruct: per round and operation")
-    for col in ("round", "operation", "attempted", "kept", *[short[r] for r in rules],
-                "normalised", "truncated", "tokens"):
-        t.add_column(col, justify="left" if col == "operation" else "right")
+    for col in ("round", "operation", "tried", "kept", "elim.", "tokens"):
+        t.add_column(col, justify="left" if col == "operation" else "right",
+                     overflow="fold")
 
     def row(label_round: str, op: str, c: dict[str, Any], style: str | None = None) -> None:
-        t.add_row(
-            label_round, op, str(c["attempted"]), str(c["kept"]),
-            *[str(c["eliminated"].get(r, 0)) for r in rules],
-            str(c["normalised"]), str(c["truncated_responses"]),
-            f"{c['prompt_tokens'] + c['completion_tokens']:,}",
-            style=style,
-        )
+        t.add_row(label_round, op, str(c["attempted"]), str(c["kept"]),
+                  str(sum(c["eliminated"].values())),
+                  f"{c['prompt_tokens'] + c['completion_tokens']:,}", style=style)
 
     for per_round in summary["per_round"]:
         r = per_round["round"]
@@ -228,6 +228,28 @@ def print_summary(summary: dict[str, Any]) -> None:
         row(str(r), "all", per_round, style="bold")
     row("all", "all", summary["total"], style="bold green")
     out.print(t)
+
+    # Only what happened gets a row: the rules that eliminated something (the paper's
+    # numbered), then the children that needed normalisation and the answers cut short.
+    rules = [r for r in (*el.ALL_RULES, el.EMPTY_INSTRUCTION) if summary["total"]["eliminated"].get(r)]
+    labels = {r: f"{el.RULES.index(r) + 1} {r}" if r in el.RULES else r for r in rules}
+    labels |= {"normalised": "normalised", "truncated_responses": "answer cut (--max-tokens)"}
+    whys = [*rules, *(k for k in ("normalised", "truncated_responses") if summary["total"][k])]
+    if not whys:
+        return
+
+    def count(c: dict[str, Any], why: str) -> int:
+        return c["eliminated"].get(why, 0) if why in rules else c[why]
+
+    by_rule = Table(title="Eliminated by rule, normalised, cut")
+    by_rule.add_column("why", overflow="fold")
+    by_rule.add_column("all", justify="right")
+    by_rule.add_column("per round", overflow="fold")
+    for why in whys:
+        per = ", ".join(f"r{c['round']}: {count(c, why)}" for c in summary["per_round"]
+                        if count(c, why))
+        by_rule.add_row(labels[why], str(count(summary["total"], why)), per)
+    out.print(by_rule)
 
 
 def _short(text: str, width: int = 160) -> str:

@@ -31,12 +31,11 @@ from instructforge.cli.common import (
     console,
     exit_if_incomplete,
     handle_errors,
-    out,
     positive,
     print_error,
     print_plan,
+    print_samples,
     print_usage,
-    terminal_text,
 )
 from instructforge.dedup import NEAR_DUP_THRESHOLD
 from instructforge.engine import RunDir
@@ -244,18 +243,3 @@ def print_rejections(run: RunDir) -> None:
     for k, v in counts.most_common():
         t.add_row(k, str(v))
     console.print(t)
-
-
-def print_samples(run: RunDir, k: int) -> None:
-    """The first ``k`` kept conversations, as plain text on stdout (control characters
-    escaped: model text never drives the terminal)."""
-    for i, rec in enumerate(run.kept()):
-        if i >= k:
-            break
-        cat = rec.get("metadata", {}).get("category")
-        out.print(f"[bold]--- {terminal_text(rec['id'])}"
-                  f"{terminal_text(f' ({cat})') if cat else ''}[/bold]", highlight=False)
-        for m in rec["messages"]:
-            text = m["content"] if len(m["content"]) <= 600 else m["content"][:600] + " [...]"
-            out.print(f"[cyan]{terminal_text(m['role'])}:[/cyan] {terminal_text(text)}",
-                      highlight=False)

@@ -26,6 +26,15 @@ def models_cmd(base_url: BaseUrlOpt = None, api_key: ApiKeyOpt = None) -> None:
                   f"{m.alias}\n{m.description}", f"{state}\n{where}")
     if base_url:
         llm = OpenAICompatible(base_url, None, api_key, max_retries=1)
-        for name in asyncio.run(llm.list_models()):
+        for name in asyncio.run(_served(llm)):
             t.add_row(f"openai:{name}", name, f"served\n{llm.base_url}")
     out.print(t)
+
+
+async def _served(llm: OpenAICompatible) -> list[str]:
+    """The server's model names, its HTTP session closed in the same event loop (else
+    aiohttp warns "Unclosed client session" at exit)."""
+    try:
+        return await llm.list_models()
+    finally:
+        await llm.aclose()

@@ -34,8 +34,11 @@ from instructforge.cli.common import (
     handle_errors,
     positive,
     print_plan,
+    print_samples,
     print_usage,
+    smoke_test_note,
 )
+from instructforge.engine import RunDir
 from instructforge.inputs import InstructionSource
 from instructforge.llm.config import ModelConfig
 from instructforge.methods.respond import RespondConfig, estimate, respond
@@ -77,6 +80,7 @@ def respond_cmd(
     shared_cache: SharedCacheOpt = None,
     executor: ExecutorOpt = "local",
     shards: ShardsOpt = None,
+    show: Annotated[int, typer.Option(min=0, help="Sample records printed at the end.")] = 3,
     dry_run: DryRunOpt = False,
     progress: ProgressOpt = True,
 ) -> None:
@@ -106,8 +110,11 @@ def respond_cmd(
         source.validate()
         print_plan({"input": input, "model": model if not base_url else f"{model} @ {base_url}",
                     **estimate(source, cfg)})
+        smoke_test_note(model, base_url, model_path)
         return
     result = respond(input, output, cfg, api_key=api_key, progress=progress)
     print_usage(result.usage)
+    print_samples(RunDir(output), show)
     console.print(result.summary(), highlight=False)
+    smoke_test_note(model, base_url, model_path)
     exit_if_incomplete(result)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated
 
@@ -16,6 +17,7 @@ from instructforge.cli.common import (
     handle_errors,
     positive,
     print_error,
+    print_plan,
 )
 
 
@@ -23,6 +25,24 @@ def _steps(value: int) -> int:
     if value != -1 and value < 1:
         raise typer.BadParameter(f"must be -1 (off) or >= 1, got {value}")
     return value
+
+
+def loss_trend(losses: list[tuple[int, float]], logging_steps: int) -> str:
+    """How the logged training loss moved, or why it cannot show a trend.
+
+    >>> loss_trend([(5, 0.88), (10, 0.41)], 5)
+    'loss 0.880 -> 0.410 (steps 5-10)'
+    >>> loss_trend([(2, 0.381)], 5)
+    'loss 0.381 at step 2 only: too few steps to show a trend (the loss is logged every --logging-steps 5)'
+    """
+    why = f"the loss is logged every --logging-steps {logging_steps}"
+    if not losses:
+        return f"no loss logged: too few steps to show a trend ({why})"
+    (first_step, first), (last_step, last) = losses[0], losses[-1]
+    if len(losses) < 2:
+        return (f"loss {last:.3f} at step {last_step} only: too few steps to show a trend "
+                f"({why})")
+    return f"loss {first:.3f} -> {last:.3f} (steps {first_step}-{last_step})"
 
 
 @app.command("train")
@@ -61,13 +81,15 @@ def train_cmd(
     resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Continue from the last "
                       "checkpoint in MODEL_DIR/checkpoints.")] = True,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate the data and options, "
+                       "print the plan (examples, optimizer steps), train nothing.")] = False,
     progress: ProgressOpt = True,
 ) -> None:
     """Fine-tune a base model on a run's chats (loss on assistant tokens only).
 
     Example: [bold]instructforge train runs/demo --base-model embedded -o models/demo --lora[/bold]
     """
-    from instructforge.tuning.train import TrainConfig, train
+    from instructforge.tuning.train import TrainConfig, TrainError, load_conversations, train
 
     cfg = TrainConfig(
         base_model=base_model, output_dir=str(output), epochs=epochs, max_steps=max_steps,
@@ -76,13 +98,25 @@ def train_cmd(
         save_steps=save_steps, logging_steps=logging_steps, seed=seed, max_records=limit,
         resume=resume, device=device, progress=progress,
     )
+    if dry_run:
+        if device not in ("auto", "cpu", "cuda"):
+            raise TrainError(f"--device must be auto, cpu or cuda, got {device!r}")
+        if base_model != "embedded" and not Path(base_model).exists():
+            raise TrainError(f"--base-model {base_model}: no such file or folder")
+        examples = len(load_conversations(run_dir, limit))
+        per_step = batch_size * grad_accum
+        steps = max_steps if max_steps != -1 else math.ceil(epochs * math.ceil(examples / per_step))
+        print_plan({"data": run_dir, "examples": examples, "base model": base_model,
+                    "method": f"LoRA r={lora_r}" if lora else "full fine-tuning",
+                    "optimizer steps about": steps, "examples per step": per_step,
+                    "output": output})
+        return
     res = train(run_dir, cfg)
-    first = res.losses[0][1] if res.losses else float("nan")
-    last = res.losses[-1][1] if res.losses else float("nan")
     resumed = f", resumed from {res.resumed_from}" if res.resumed_from else ""
     console.print(
         f"trained {res.steps} steps on {res.examples} examples in {res.seconds:.0f}s "
-        f"(loss {first:.3f} -> {last:.3f}{resumed}) -> {res.model_dir}", highlight=False)
+        f"({loss_trend(res.losses, logging_steps)}{resumed}) -> {res.model_dir}",
+        highlight=False)
 
 
 @app.command("experiment")
