@@ -95,7 +95,8 @@ class Operation:
 def _environment(extra: Path | None) -> jinja2.Environment:
     # The user's folder first, so their files can override ours and still
     # `{% extends "in_depth.jinja" %}` from the built-in frame.
-    paths = [str(p) for p in (extra, prompts_dir() / "operations", prompts_dir()) if p]
+    paths = [str(Path(p).absolute()) for p in (extra, prompts_dir() / "operations", prompts_dir())
+             if p]
     return prompt_env(*paths)
 
 
