@@ -11,6 +11,9 @@ from rich.table import Table
 from instructforge.cli.common import (
     ApiKeyOpt,
     BaseUrlOpt,
+    BatchOpt,
+    BatchPollOpt,
+    BatchWindowOpt,
     ColumnOpt,
     ConfigOpt,
     DryRunOpt,
@@ -106,6 +109,9 @@ def evolve_cmd(
     max_cost: MaxCostOpt = None,
     rpm: RpmOpt = None,
     tpm: TpmOpt = None,
+    batch: BatchOpt = False,
+    batch_poll: BatchPollOpt = 30.0,
+    batch_window: BatchWindowOpt = 2.0,
     rules: Annotated[
         str, typer.Option("--rules", help="Elimination rules: 'all' (the paper's four plus our "
                           "checks: " + ", ".join(el.EXTRA_RULES) + ") or 'paper' (exactly the "
@@ -156,7 +162,8 @@ def evolve_cmd(
 
     def model(spec: str) -> ModelConfig:
         return ModelConfig(spec, base_url, None, max_concurrency, timeout, max_retries,
-                           price=price, rpm=rpm, tpm=tpm)
+                           price=price, rpm=rpm, tpm=tpm, batch=batch,
+                           batch_poll=batch_poll, batch_window=batch_window)
 
     cfg = EvolConfig(
         evol_llm=model(evol_model),

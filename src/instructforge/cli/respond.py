@@ -10,6 +10,9 @@ import typer
 from instructforge.cli.common import (
     ApiKeyOpt,
     BaseUrlOpt,
+    BatchOpt,
+    BatchPollOpt,
+    BatchWindowOpt,
     ColumnOpt,
     ConfigOpt,
     DryRunOpt,
@@ -61,6 +64,9 @@ def respond_cmd(
     max_cost: MaxCostOpt = None,
     rpm: RpmOpt = None,
     tpm: TpmOpt = None,
+    batch: BatchOpt = False,
+    batch_poll: BatchPollOpt = 30.0,
+    batch_window: BatchWindowOpt = 2.0,
     column: ColumnOpt = "instruction",
     system_prompt: Annotated[
         str | None, typer.Option("--system-prompt", help="System message for every request.")
@@ -86,7 +92,8 @@ def respond_cmd(
     """
     cfg = RespondConfig(
         llm=ModelConfig(model, base_url, model_path, max_concurrency, timeout, max_retries,
-                        price=price, rpm=rpm, tpm=tpm),
+                        price=price, rpm=rpm, tpm=tpm, batch=batch,
+                           batch_poll=batch_poll, batch_window=batch_window),
         temperature=temperature,
         top_p=top_p,
         max_tokens=max_tokens,

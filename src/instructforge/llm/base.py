@@ -9,6 +9,7 @@ Backends know nothing of methods or the engine; they can be used alone::
 
 from __future__ import annotations
 
+import hashlib
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
@@ -130,6 +131,18 @@ class Completion:
             cached=cached,
             extra={"constraint": d["constraint"]} if d.get("constraint") else {},
         )
+
+
+def request_key(model_id: str, kind: str, prompt: Any, params: dict[str, Any]) -> str:
+    """The request cache's key of a call (``kind``: "chat" or "complete"): a hash of what is
+    sent, never of code. Batch mode uses it as the batch line's ``custom_id``."""
+    blob = json.dumps(
+        {"model": model_id, "kind": kind, "prompt": prompt, "params": params},
+        sort_keys=True,
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
 class LLMError(InstructForgeError, RuntimeError):

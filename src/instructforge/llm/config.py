@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from instructforge.llm import make_llm
 from instructforge.llm.base import LLM
+from instructforge.llm.batch import BatchLLM
+from instructforge.llm.openai import OpenAICompatible
 from instructforge.llm.prices import FREE, Price, load_prices, lookup, parse_price
 
 
@@ -30,8 +33,16 @@ class ModelConfig:
     price: str | None = None  # "IN,OUT": USD per million prompt / completion tokens
     rpm: float | None = None  # requests per minute, at most (a server's rate limit)
     tpm: float | None = None  # tokens per minute, at most (prompt, roughly, plus max_tokens)
+    # Batch mode (--batch): calls go through the server's Batch API (llm/batch.py).
+    batch: bool = False
+    batch_size: int = 10_000  # requests per batch, at most
+    batch_window: float = 2.0  # seconds a batch collects requests after its first
+    batch_poll: float = 30.0  # seconds between two looks at a batch's status
 
-    def build(self, api_key: str | None = None) -> LLM:
+    def build(self, api_key: str | None = None, journal: Path | None = None) -> LLM:
+        """The backend; in batch mode, a server's backend wrapped in a
+        :class:`~instructforge.llm.batch.BatchLLM` recording its batches in ``journal``
+        (the run's ``state/batches.jsonl``). A model that runs here ignores ``batch``."""
         llm = make_llm(
             self.model,
             base_url=self.base_url,
@@ -44,6 +55,9 @@ class ModelConfig:
             tpm=self.tpm,
         )
         llm.price = self.resolve_price()
+        if self.batch and isinstance(llm, OpenAICompatible):
+            return BatchLLM(llm, journal, size=self.batch_size, window=self.batch_window,
+                            poll=self.batch_poll)
         return llm
 
     def remote(self) -> bool:
@@ -95,15 +109,16 @@ def gpus_needed(*configs: ModelConfig | str | None) -> int:
     return sum(c.gpus() for c in distinct_configs.values())
 
 
-def build_roles(configs: list[ModelConfig], api_key: str | None = None) -> list[LLM]:
+def build_roles(configs: list[ModelConfig], api_key: str | None = None,
+                journal: Path | None = None) -> list[LLM]:
     """One backend per role, shared between roles with the same config (three roles on
-    ``embedded`` share one server)."""
+    ``embedded`` share one server); ``journal``: see :meth:`ModelConfig.build`."""
     built: dict[str, LLM] = {}
     out = []
     for mc in configs:
         key = json.dumps(asdict(mc), sort_keys=True)
         if key not in built:
-            built[key] = mc.build(api_key)
+            built[key] = mc.build(api_key, journal)
         out.append(built[key])
     return out
 

@@ -349,9 +349,9 @@ def magpie_job(
 ) -> tuple[Magpie, list[LLM]]:
     """Build the models, check raw completion, find the template, and rebuild the dedup index
     from ``run``: a job ready to process records. Module-level so a Ray worker can build it."""
-    llm = llm or cfg.llm.build(api_key)
+    llm = llm or cfg.llm.build(api_key, run.batches)
     if response_llm is None and cfg.response_llm is not None:
-        response_llm = cfg.response_llm.build(api_key)
+        response_llm = cfg.response_llm.build(api_key, run.batches)
     cache = RequestCache(run.cache)
     shared = RequestCache(Path(cfg.shared_cache)) if cfg.shared_cache else None
     try:
