@@ -1,0 +1,159 @@
+"""Batch mode (--batch) against the dev server's Batch API: the same records as streaming,
+resume after a SIGKILL without submitting any request twice, and failed / expired lines
+handled as documented (llm/batch.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from instructforge.cli import app
+from instructforge.devserver import DevServer
+
+pytestmark = pytest.mark.timeout(120)
+runner = CliRunner()
+FAST = ["--batch-poll", "0.02", "--batch-window", "0.05"]
+# Serves as every evolution, answer and verdict.
+ANSWER = "Name three rare fruits, their colours, and the countries where each of them grows."
+
+
+def write_inputs(tmp_path: Path, n: int) -> Path:
+    p = tmp_path / "in.jsonl"
+    p.write_text("".join(json.dumps({"id": f"q{i}", "instruction": f"Name fact number {i}."})
+                         + "\n" for i in range(n)))
+    return p
+
+
+def respond_args(inp: Path, out: Path, srv: DevServer) -> list[str]:
+    return ["respond", str(inp), "-o", str(out), "--base-url", srv.url, "--model", "dev",
+            "--max-tokens", "10", "--no-progress", "--batch", *FAST]
+
+
+def lines(path: Path) -> list[dict]:
+    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+
+
+def cache_keys(run: Path) -> set[str]:
+    db = sqlite3.connect(run / "cache.sqlite")
+    try:
+        return {k for (k,) in db.execute("SELECT key FROM calls")}
+    finally:
+        db.close()
+
+
+def test_a_batch_evolve_keeps_what_the_streaming_one_keeps(tmp_path):
+    seeds = write_inputs(tmp_path, 4)
+    stream, batched = tmp_path / "stream", tmp_path / "batch"
+    with DevServer(answer=ANSWER) as srv:  # one server: the same model id in cache keys
+        for out, extra in ((stream, []), (batched, ["--batch", *FAST])):
+            r = runner.invoke(app, ["evolve", str(seeds), "-o", str(out), "--rounds", "3",
+                                    "--base-url", srv.url, "--no-progress", *extra])
+            assert r.exit_code == 0, r.output
+            if out == stream:
+                assert not srv.batches and not srv.submitted
+
+    def records(run: Path, name: str) -> list[tuple]:
+        path = run / name
+        return sorted((r["id"], json.dumps(r["messages"]), r.get("status")) for r in
+                      (lines(path) if path.exists() else []))
+
+    assert records(batched, "data/records.jsonl") == records(stream, "data/records.jsonl")
+    assert records(batched, "rejected.jsonl") == records(stream, "rejected.jsonl")
+    assert lines(batched / "data/records.jsonl")  # something was kept
+    # The very same requests (cache keys), each submitted once.
+    assert cache_keys(batched) == cache_keys(stream)
+    assert set(srv.submitted) == cache_keys(batched)
+    assert set(srv.submitted.values()) == {1}
+    # One batch per step at least: evolve -> judge/respond -> ... over 3 rounds.
+    assert len(srv.batches) >= 3
+    journal = lines(batched / "state" / "batches.jsonl")
+    assert {e["batch_id"] for e in journal if "batch_id" in e} == set(srv.batches)
+
+
+def _killed_after_submitting(tmp_path: Path, srv: DevServer) -> tuple[Path, Path]:
+    """A respond run in a subprocess, SIGKILLed once its batch is submitted and recorded."""
+    inp, out = write_inputs(tmp_path, 6), tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen([sys.executable, "-m", "instructforge.cli",
+                             *respond_args(inp, out, srv)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    journal = out / "state" / "batches.jsonl"
+    try:
+        deadline = time.monotonic() + 60
+        while not (journal.exists() and "batch_id" in journal.read_text()):
+            assert proc.poll() is None, "the run ended before submitting its batch"
+            assert time.monotonic() < deadline, "no batch was submitted"
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    return inp, out
+
+
+def test_a_run_killed_after_submitting_polls_its_batch_instead_of_paying_again(tmp_path):
+    with DevServer(batch_polls=10**9) as srv:  # the batch never ends while the run lives
+        inp, out = _killed_after_submitting(tmp_path, srv)
+        assert len(srv.batches) == 1 and sum(srv.submitted.values()) == 6
+        srv.batch_polls = 0
+        r = runner.invoke(app, respond_args(inp, out, srv))
+        assert r.exit_code == 0, r.output
+        assert len(srv.batches) == 1  # no new batch
+        assert set(srv.submitted.values()) == {1}  # no request submitted twice
+    assert len(lines(out / "data" / "records.jsonl")) == 6
+
+
+def test_a_batch_created_but_not_recorded_is_found_on_the_server(tmp_path):
+    # Killed between creating the batch and writing its id: the rerun matches the recorded
+    # file to the server's batch by its input file id.
+    with DevServer(batch_polls=10**9) as srv:
+        inp, out = _killed_after_submitting(tmp_path, srv)
+        journal = out / "state" / "batches.jsonl"
+        journal.write_text("".join(json.dumps(e) + "\n" for e in lines(journal)
+                                   if "batch_id" not in e))
+        srv.batch_polls = 0
+        r = runner.invoke(app, respond_args(inp, out, srv))
+        assert r.exit_code == 0, r.output
+        assert len(srv.batches) == 1 and set(srv.submitted.values()) == {1}
+
+
+def test_failed_lines_go_into_a_later_batch_once(tmp_path):
+    inp, out = write_inputs(tmp_path, 4), tmp_path / "run"
+    with DevServer(batch_failures=2) as srv:  # the first two lines answered fail
+        r = runner.invoke(app, respond_args(inp, out, srv))
+        assert r.exit_code == 0, r.output
+        assert len(srv.batches) == 2
+        assert sorted(srv.submitted.values()) == [1, 1, 2, 2]
+    assert len(lines(out / "data" / "records.jsonl")) == 4
+
+
+def test_a_line_failing_twice_fails_its_input_with_the_providers_reason(tmp_path):
+    inp, out = write_inputs(tmp_path, 4), tmp_path / "run"
+    with DevServer(batch_fail_text="fact number 2.") as srv:
+        r = runner.invoke(app, respond_args(inp, out, srv))
+        assert r.exit_code == 3, r.output  # a failed input
+        assert sorted(srv.submitted.values()) == [1, 1, 1, 2]
+    assert sorted(r["id"] for r in lines(out / "data" / "records.jsonl")) == ["q0", "q1", "q3"]
+    errors = json.loads((out / "usage.json").read_text())["runs"][-1]["errors"]
+    assert "injected line failure" in json.dumps(errors)
+    assert "2 batches" in json.dumps(errors)
+
+
+def test_an_expired_batch_resubmits_only_its_unfinished_requests(tmp_path):
+    inp, out = write_inputs(tmp_path, 4), tmp_path / "run"
+    with DevServer(batch_expire=1) as srv:  # the first batch expires half done
+        r = runner.invoke(app, respond_args(inp, out, srv))
+        assert r.exit_code == 0, r.output
+        statuses = sorted(b["status"] for b in srv.batches.values())
+        assert statuses == ["completed", "expired"]
+        assert sorted(srv.submitted.values()) == [1, 1, 2, 2]
+        assert srv.served == 4  # each request answered once
+    assert len(lines(out / "data" / "records.jsonl")) == 4
