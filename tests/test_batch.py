@@ -18,6 +18,9 @@ from typer.testing import CliRunner
 
 from instructforge.cli import app
 from instructforge.devserver import DevServer
+from instructforge.llm.base import LLMError
+from instructforge.llm.batch import Journal
+from instructforge.llm.prices import PRICES_ENV
 
 pytestmark = pytest.mark.timeout(120)
 runner = CliRunner()
@@ -157,3 +160,28 @@ def test_an_expired_batch_resubmits_only_its_unfinished_requests(tmp_path):
         assert sorted(srv.submitted.values()) == [1, 1, 2, 2]
         assert srv.served == 4  # each request answered once
     assert len(lines(out / "data" / "records.jsonl")) == 4
+
+
+def test_batch_calls_cost_the_batch_price(tmp_path, monkeypatch):
+    prices = tmp_path / "prices.yaml"
+    prices.write_text("dev: {input: 1000, output: 1000, batch: 0.5}\n")
+    monkeypatch.setenv(PRICES_ENV, str(prices))
+    inp, out = write_inputs(tmp_path, 3), tmp_path / "run"
+    with DevServer() as srv:  # 10 prompt + 10 completion tokens a call
+        args = respond_args(inp, out, srv)
+        args[args.index("--base-url"):args.index("--base-url") + 4] = ["--model",
+                                                                      f"openai:dev@{srv.url}"]
+        r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    spent = json.loads((out / "usage.json").read_text())["runs"][-1]["cost_usd"]
+    assert spent == pytest.approx(3 * 20 * 1000 / 1e6 * 0.5)
+
+
+def test_a_torn_last_journal_line_is_ignored_and_a_damaged_one_named(tmp_path):
+    path = tmp_path / "batches.jsonl"
+    path.write_text('{"file_id": "f1", "endpoint": "/v1/completions", "custom_ids": ["k"]}\n'
+                    '{"file_id": "f1", "batch_id": "b1"}\n{"file_id": "f2", "endp')
+    assert Journal(path).batches("k") == ["b1"]
+    path.write_text('{"file_id": "f1", "bat\n{"file_id": "f1", "batch_id": "b1"}\n')
+    with pytest.raises(LLMError, match=r"batches.jsonl:1: not a batch journal line"):
+        Journal(path)

@@ -70,17 +70,17 @@ class Journal:
         self.path = path
         self.files: dict[str, list[str]] = {}  # file id -> custom ids
         self.batch_of: dict[str, str] = {}  # file id -> batch id
-        if path is not None and path.exists():
-            for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-                if not line.strip():
-                    continue
-                try:
-                    self._read(json.loads(line))
-                except (ValueError, KeyError, TypeError):
-                    if n < len(path.read_text(encoding="utf-8").splitlines()):
-                        raise LLMError(f"{path}:{n}: not a batch journal line: {line[:200]}"
-                                       ) from None
-                    # a line cut by a crash: its batch was never created
+        lines = path.read_text(encoding="utf-8").splitlines() if path and path.exists() else []
+        for n, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                self._read(json.loads(line))
+            except (ValueError, KeyError, TypeError):
+                if n < len(lines):
+                    raise LLMError(f"{path}:{n}: not a batch journal line: {line[:200]}"
+                                   ) from None
+                # the last line, cut by a crash: its batch was never created
 
     def _read(self, entry: dict[str, Any]) -> None:
         if "custom_ids" in entry:
