@@ -27,6 +27,14 @@ runner = CliRunner()
 FAST = ["--batch-poll", "0.02", "--batch-window", "0.05"]
 # Serves as every evolution, answer and verdict.
 ANSWER = "Name three rare fruits, their colours, and the countries where each of them grows."
+# For auto-evol: a rewritten instruction and an optimized method in one answer.
+SECTIONED = (
+    "Step 1 #Analysis#: Not Equal; stage 1 kept its complexity.\n"
+    "Step 2 #Optimized Method#: Step 1: list ways to add depth. Step 2: plan with two of "
+    "them. Step 3: rewrite. Step 4: review and give the final version.\n"
+    "Step 4 #Finally Rewritten Instruction#: Name three rare fruits, their colours and where "
+    "they grow."
+)
 
 
 def write_inputs(tmp_path: Path, n: int) -> Path:
@@ -185,3 +193,45 @@ def test_a_torn_last_journal_line_is_ignored_and_a_damaged_one_named(tmp_path):
     path.write_text('{"file_id": "f1", "bat\n{"file_id": "f1", "batch_id": "b1"}\n')
     with pytest.raises(LLMError, match=r"batches.jsonl:1: not a batch journal line"):
         Journal(path)
+
+
+def test_magpie_batches_its_raw_completions(tmp_path):
+    out = tmp_path / "run"
+    with DevServer(answer="Explain how tides work and why there are two a day.") as srv:
+        r = runner.invoke(app, ["magpie", "-n", "3", "-o", str(out), "--base-url", srv.url,
+                                "-m", "dev", "--template", "chatml", "--language", "any",
+                                "--no-progress", "--batch", *FAST])
+        assert r.exit_code == 0, r.output
+        endpoints = {b["endpoint"] for b in srv.batches.values()}
+        assert "/v1/completions" in endpoints  # the query step: raw text completion
+        assert set(srv.submitted.values()) == {1}
+    assert len(lines(out / "data" / "records.jsonl")) + len(
+        lines(out / "rejected.jsonl") if (out / "rejected.jsonl").exists() else []) == 3
+
+
+def test_auto_evol_batches_its_final_pass_only(tmp_path):
+    run = tmp_path / "run"
+    with DevServer(answer=SECTIONED) as srv:
+        r = runner.invoke(app, [
+            "auto-evol", str(write_inputs(tmp_path, 6)), "-o", str(run), "--steps", "1", "-m", "1",
+            "--dev-size", "2", "--batch-size", "2", "--rounds", "1", "--patience", "0",
+            "--evol-model", srv.url, "--optimizer-model", srv.url, "--no-progress",
+            "--batch", *FAST])
+        assert r.exit_code == 0, r.output
+        assert srv.batches and set(srv.submitted.values()) == {1}
+        # The search streamed; the final pass (6 seeds: evolve, then judge and respond)
+        # went through batches.
+        assert srv.served > sum(srv.submitted.values()) >= 6
+    assert len(lines(run / "data" / "records.jsonl")) == 6
+    assert (run / "state" / "batches.jsonl").exists()
+
+
+def test_a_run_may_switch_between_batch_and_streaming(tmp_path):
+    inp, out = write_inputs(tmp_path, 4), tmp_path / "run"
+    with DevServer() as srv:
+        args = respond_args(inp, out, srv)
+        streaming = [a for a in args if a not in ("--batch", *FAST)]
+        assert runner.invoke(app, streaming + ["--limit", "2"]).exit_code == 0
+        r = runner.invoke(app, args)  # the same records, sent another way: not refused
+        assert r.exit_code == 0, r.output
+        assert sum(srv.submitted.values()) == 2 and srv.served == 4

@@ -12,6 +12,9 @@ from rich.table import Table
 from instructforge.cli.common import (
     ApiKeyOpt,
     BaseUrlOpt,
+    BatchOpt,
+    BatchPollOpt,
+    BatchWindowOpt,
     ColumnOpt,
     ConfigOpt,
     DryRunOpt,
@@ -118,6 +121,9 @@ def auto_evol_cmd(
     max_cost: MaxCostOpt = None,
     rpm: RpmOpt = None,
     tpm: TpmOpt = None,
+    batch: BatchOpt = False,
+    batch_poll: BatchPollOpt = 30.0,
+    batch_window: BatchWindowOpt = 2.0,
     rules: Annotated[
         str, typer.Option("--rules", help="Elimination rules, in the search and the final pass "
                           "alike: 'all' (the paper's four plus our checks) or 'paper'.")
@@ -176,7 +182,8 @@ def auto_evol_cmd(
 
     def model(spec: str) -> ModelConfig:
         return ModelConfig(spec, base_url, None, max_concurrency, timeout, max_retries,
-                           price=price, rpm=rpm, tpm=tpm)
+                           price=price, rpm=rpm, tpm=tpm, batch=batch,
+                           batch_poll=batch_poll, batch_window=batch_window)
 
     if initial_method is not None:
         EvolvingMethod.load(initial_method)  # a bad file fails before any call

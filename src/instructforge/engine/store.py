@@ -48,7 +48,7 @@ from instructforge.records import IdIndex, Record, id_problem, rejected
 RUN_OPTIONS = frozenset({
     "concurrency", "max_concurrency", "timeout", "limit", "n", "shared_cache", "skip_invalid",
     "executor", "shards", "base_url", "progress", "max_retries", "connect_timeout",
-    "price", "max_cost", "rpm", "tpm", "batch", "batch_size", "batch_window", "batch_poll",
+    "price", "max_cost", "rpm", "tpm", "batch", "batch_requests", "batch_window", "batch_poll",
 })
 
 

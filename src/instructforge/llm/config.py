@@ -35,7 +35,7 @@ class ModelConfig:
     tpm: float | None = None  # tokens per minute, at most (prompt, roughly, plus max_tokens)
     # Batch mode (--batch): calls go through the server's Batch API (llm/batch.py).
     batch: bool = False
-    batch_size: int = 10_000  # requests per batch, at most
+    batch_requests: int = 10_000  # requests per batch, at most
     batch_window: float = 2.0  # seconds a batch collects requests after its first
     batch_poll: float = 30.0  # seconds between two looks at a batch's status
 
@@ -56,7 +56,7 @@ class ModelConfig:
         )
         llm.price = self.resolve_price()
         if self.batch and isinstance(llm, OpenAICompatible):
-            return BatchLLM(llm, journal, size=self.batch_size, window=self.batch_window,
+            return BatchLLM(llm, journal, size=self.batch_requests, window=self.batch_window,
                             poll=self.batch_poll)
         return llm
 
