@@ -4,6 +4,7 @@ handled as documented (llm/batch.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -18,8 +19,11 @@ from typer.testing import CliRunner
 
 from instructforge.cli import app
 from instructforge.devserver import DevServer
-from instructforge.llm.base import LLMError
-from instructforge.llm.batch import Journal
+from instructforge.engine.context import Usage
+from instructforge.engine.progress import JobProgress
+from instructforge.llm.base import LLMError, SamplingParams
+from instructforge.llm.batch import BatchLLM, Journal
+from instructforge.llm.openai import OpenAICompatible
 from instructforge.llm.prices import PRICES_ENV
 
 pytestmark = pytest.mark.timeout(120)
@@ -235,3 +239,34 @@ def test_a_run_may_switch_between_batch_and_streaming(tmp_path):
         r = runner.invoke(app, args)  # the same records, sent another way: not refused
         assert r.exit_code == 0, r.output
         assert sum(srv.submitted.values()) == 2 and srv.served == 4
+
+
+def test_a_step_of_many_records_goes_as_one_batch(tmp_path):
+    # --batch raises --concurrency (64 by default): 100 records' calls are one batch.
+    inp, out = write_inputs(tmp_path, 100), tmp_path / "run"
+    with DevServer() as srv:
+        r = runner.invoke(app, respond_args(inp, out, srv))
+        assert r.exit_code == 0, r.output
+        assert len(srv.batches) == 1 and sum(srv.submitted.values()) == 100
+
+
+def test_progress_names_the_batches_submitted_in_progress_and_done():
+    async def go(srv: DevServer) -> tuple[str, str, str]:
+        llm = BatchLLM(OpenAICompatible(srv.url, "dev"), None, window=0.01, poll=0.01)
+        bar = JobProgress("respond", 2, Usage(), enabled=False, llms=[llm])
+        calls = [asyncio.ensure_future(llm.chat([{"role": "user", "content": f"q{i}"}],
+                                                SamplingParams(max_tokens=5)))
+                 for i in range(2)]
+        while not llm.submitted:
+            await asyncio.sleep(0.01)
+        waiting = bar.line()
+        srv.batch_polls = 0
+        await asyncio.gather(*calls)
+        done = bar.line()
+        await llm.aclose()
+        return waiting, done, llm.submitted[0]
+
+    with DevServer(batch_polls=10**9) as srv:
+        waiting, done, batch_id = asyncio.run(go(srv))
+    assert f"batches: 1 submitted, 1 in progress ({batch_id}), 0 done" in waiting
+    assert "batches: 1 submitted, 0 in progress, 1 done" in done

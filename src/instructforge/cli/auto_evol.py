@@ -33,6 +33,7 @@ from instructforge.cli.common import (
     console,
     exit_if_incomplete,
     handle_errors,
+    in_flight,
     out,
     positive,
     print_plan,
@@ -198,7 +199,7 @@ def auto_evol_cmd(
         evol_temperature=evol_temperature, evol_max_tokens=evol_max_tokens,
         response_temperature=temperature, response_max_tokens=max_tokens,
         judge_max_tokens=judge_max_tokens, top_p=top_p, column=column,
-        skip_invalid=skip_invalid, limit=limit, concurrency=concurrency,
+        skip_invalid=skip_invalid, limit=limit, concurrency=in_flight(concurrency, batch),
         shared_cache=shared_cache, max_cost=max_cost,
     )
     # ... and what only the search has.

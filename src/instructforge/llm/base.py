@@ -207,6 +207,11 @@ class LLM(ABC):
         """Public, secret-free description for config.yaml and usage.json."""
         return {"model": self.model_id}
 
+    def status(self) -> str:
+        """What the backend is waiting on, for the progress line ("" when nothing worth
+        showing; batch mode: its batches)."""
+        return ""
+
 
 class WrappedLLM(LLM):
     """A backend that changes some calls of another (``inner``) and forwards the rest, so a
@@ -253,3 +258,6 @@ class WrappedLLM(LLM):
 
     def describe(self) -> dict[str, Any]:
         return self.inner.describe()
+
+    def status(self) -> str:
+        return self.inner.status()

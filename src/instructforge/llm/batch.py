@@ -138,6 +138,7 @@ class BatchLLM(WrappedLLM):
         self.size, self.window, self.poll = size, window, poll
         self.completion_window = completion_window
         self.submitted: list[str] = []  # batch ids this process created
+        self.finished: list[str] = []  # batch ids whose results were read
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def _state(self) -> None:
@@ -260,6 +261,7 @@ class BatchLLM(WrappedLLM):
                 _fail(c, e)
             return
         self._polls.pop(batch_id, None)
+        self.finished.append(batch_id)
         whole = _batch_error(batch) if status == "failed" else None
         for key, c in self._waiting.pop(batch_id, {}).items():
             line = answers.get(key)
@@ -347,6 +349,15 @@ class BatchLLM(WrappedLLM):
 
     def describe(self) -> dict[str, Any]:
         return {**self.inner.describe(), "batch": True}
+
+    def status(self) -> str:
+        """``batches: 3 submitted, 1 in progress (batch_abc), 2 done``."""
+        if self._loop is None and not self.submitted and not self.finished:
+            return ""
+        waiting = sorted(self._polls) if self._loop is not None else []
+        shown = ", ".join(waiting[:3]) + (", ..." if len(waiting) > 3 else "")
+        return (f"batches: {len(self.submitted)} submitted, {len(waiting)} in progress"
+                f"{f' ({shown})' if waiting else ''}, {len(self.finished)} done")
 
 
 def _fail(call: _Call, error: LLMError) -> None:
