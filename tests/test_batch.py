@@ -270,3 +270,22 @@ def test_progress_names_the_batches_submitted_in_progress_and_done():
         waiting, done, batch_id = asyncio.run(go(srv))
     assert f"batches: 1 submitted, 1 in progress ({batch_id}), 0 done" in waiting
     assert "batches: 1 submitted, 0 in progress, 1 done" in done
+
+
+def test_dry_run_shows_the_batches_and_the_batch_price(tmp_path):
+    inp = write_inputs(tmp_path, 30)
+    args = ["respond", str(inp), "-o", str(tmp_path / "run"), "--model",
+            "openai:gpt-4o-mini@http://127.0.0.1:9/v1", "--dry-run", "--max-tokens", "100000"]
+    plain = runner.invoke(app, args, terminal_width=200)
+    batched = runner.invoke(app, [*args, "--batch"], terminal_width=200)
+    assert plain.exit_code == batched.exit_code == 0, batched.output
+    assert "batches" not in plain.output
+    assert "batch requests at most │ 30" in batched.output
+    assert "batches about          │ 1" in batched.output
+
+    def dollars(output: str) -> list[float]:
+        line = next(ln for ln in output.splitlines() if "cost usd" in ln)
+        return [float(w.strip("$,")) for w in line.split() if w.startswith("$")]
+
+    # The most it could cost (every answer at its cap), at half the price.
+    assert dollars(batched.output)[-1] == pytest.approx(dollars(plain.output)[-1] / 2, rel=0.01)

@@ -10,7 +10,7 @@ A method's config holds one :class:`ModelConfig` per role (evol, response, judge
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from instructforge.llm import make_llm
@@ -54,7 +54,8 @@ class ModelConfig:
             rpm=self.rpm,
             tpm=self.tpm,
         )
-        llm.price = self.resolve_price()
+        # The list price: a BatchLLM applies its batch factor itself.
+        llm.price = replace(self, batch=False).resolve_price()
         if self.batch and isinstance(llm, OpenAICompatible):
             return BatchLLM(llm, journal, size=self.batch_requests, window=self.batch_window,
                             poll=self.batch_poll)
@@ -67,18 +68,38 @@ class ModelConfig:
     def resolve_price(self) -> Price | None:
         """What this model's tokens cost: ``price`` when given; free for a model that runs
         here; else the prices file's entry for the model's name (None when it has none).
+        With ``batch``, a server model's price times its batch factor.
 
         >>> ModelConfig("openai:gpt-4o-mini@http://h/v1").resolve_price()
         Price(input=0.15, output=0.6, batch=0.5)
+        >>> ModelConfig("openai:gpt-4o-mini@http://h/v1", batch=True).resolve_price()
+        Price(input=0.075, output=0.3, batch=1.0)
         >>> ModelConfig("embedded").resolve_price()
         Price(input=0.0, output=0.0, batch=1.0)
         """
-        if self.price is not None:
-            return parse_price(self.price)
         if not self.remote():
-            return FREE
-        name = self.model.removeprefix("openai").removeprefix(":").partition("@")[0]
-        return lookup(name, load_prices()) if name else None
+            return FREE if self.price is None else parse_price(self.price)
+        if self.price is not None:
+            price: Price | None = parse_price(self.price)
+        else:
+            name = self.model.removeprefix("openai").removeprefix(":").partition("@")[0]
+            price = lookup(name, load_prices()) if name else None
+        if self.batch and price is not None:
+            return Price(price.input * price.batch, price.output * price.batch, 1.0)
+        return price
+
+    def batches(self, requests_per_step: int, steps: int) -> dict[str, int]:
+        """For ``--dry-run`` in batch mode: the requests and (about) the batches a run of
+        ``steps`` steps of ``requests_per_step`` calls would submit ({} when not batching).
+
+        >>> ModelConfig("openai:m@http://h/v1", batch=True).batches(25_000, 3)
+        {'batch_requests_at_most': 75000, 'batches_about': 9}
+        """
+        if not (self.batch and self.remote()):
+            return {}
+        per_step = -(-requests_per_step // self.batch_requests)
+        return {"batch_requests_at_most": requests_per_step * steps,
+                "batches_about": per_step * steps}
 
     def gpus(self) -> int:
         """GPUs a process must reserve to build this backend: a ``vllm:`` engine needs its

@@ -555,6 +555,8 @@ def estimate(input_path: str | Path, config: EvolConfig | None = None) -> dict[s
             (cfg.judge_llm.resolve_price(), n * cfg.rounds * judges, PROMPT_TOKENS_APPROX,
              cfg.judge_max_tokens),
         ]),
+        # In batch mode each step of each round is (at least) one batch.
+        **cfg.evol_llm.batches(n, cfg.rounds * per_round),
     }
 
 

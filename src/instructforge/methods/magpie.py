@@ -401,6 +401,7 @@ def estimate(cfg: MagpieConfig) -> dict[str, Any]:
             ((cfg.response_llm or cfg.llm).resolve_price(), cfg.n * cfg.turns,
              300 * cfg.turns, cfg.response_max_tokens),
         ]),
+        **cfg.llm.batches(cfg.n, cfg.turns * 2),  # a query and an answer a turn
         "template": cfg.template or "auto (read from the model's chat template)",
         "categories": ", ".join(f"{k}:{v:g}" for k, v in cfg.categories.items()) or "none",
     }

@@ -131,4 +131,5 @@ def estimate(source: InstructionSource, cfg: RespondConfig) -> dict[str, Any]:
         "completion_tokens_max": n * cfg.max_tokens,
         "cost_usd": cost_range([(cfg.llm.resolve_price(), n, prompt_tokens // max(n, 1),
                                  cfg.max_tokens)]),
+        **cfg.llm.batches(n, 1),
     }
