@@ -289,3 +289,31 @@ def test_dry_run_shows_the_batches_and_the_batch_price(tmp_path):
 
     # The most it could cost (every answer at its cap), at half the price.
     assert dollars(batched.output)[-1] == pytest.approx(dollars(plain.output)[-1] / 2, rel=0.01)
+
+
+def test_the_same_request_twice_at_once_is_one_batch_line():
+    async def go(srv: DevServer) -> list[str]:
+        llm = BatchLLM(OpenAICompatible(srv.url, "dev"), None, window=0.01, poll=0.01)
+        same = [{"role": "user", "content": "q"}]
+        outs = await asyncio.gather(*(llm.chat(same, SamplingParams(max_tokens=5))
+                                      for _ in range(3)))
+        await llm.aclose()
+        return [o.text for o in outs]
+
+    with DevServer() as srv:
+        assert len(set(asyncio.run(go(srv)))) == 1
+        assert list(srv.submitted.values()) == [1]
+
+
+def test_a_batch_failed_as_a_whole_is_retried_once_then_fails_with_its_reason(tmp_path):
+    inp = write_inputs(tmp_path, 3)
+    with DevServer(batch_fail_batches=1) as srv:  # the first batch fails: retried, answered
+        r = runner.invoke(app, respond_args(inp, tmp_path / "once", srv))
+        assert r.exit_code == 0, r.output
+        assert [b["status"] for b in srv.batches.values()] == ["failed", "completed"]
+    with DevServer(batch_fail_batches=2) as srv:  # failed twice: the inputs fail
+        r = runner.invoke(app, respond_args(inp, tmp_path / "twice", srv))
+        assert r.exit_code == 3, r.output
+        errors = json.loads((tmp_path / "twice" / "usage.json").read_text())["runs"][-1]
+        assert "injected batch failure" in json.dumps(errors["errors"])
+        assert errors["failed"] == 3

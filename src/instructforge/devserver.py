@@ -39,7 +39,8 @@ line as the endpoint would; its output lines come in reverse order (as a provide
 come in any order). ``submitted`` counts each custom id's submissions; ``batch_failures``
 fails the first N lines answered (to the error file), ``batch_fail_text`` fails every line
 whose body contains that text, and ``batch_expire`` lets the first N batches expire with
-only the first half of their lines answered.
+only the first half of their lines answered; ``batch_fail_batches`` fails the first N
+batches as a whole (status ``failed``, with ``errors``, no output).
 
 ``python -m instructforge.devserver --port 8999`` runs it standalone.
 """
@@ -96,6 +97,7 @@ class DevServer:
         batch_failures: int = 0,
         batch_fail_text: str | None = None,
         batch_expire: int = 0,
+        batch_fail_batches: int = 0,
     ) -> None:
         self.answer = answer
         self.model = model
@@ -129,6 +131,7 @@ class DevServer:
         self.batch_failures = batch_failures
         self.batch_fail_text = batch_fail_text
         self.batch_expire = batch_expire
+        self.batch_fail_batches = batch_fail_batches
         self.files: dict[str, bytes] = {}
         self.batches: dict[str, dict[str, Any]] = {}
         self.submitted: Counter[str] = Counter()  # custom id -> batches it was submitted in
@@ -299,7 +302,13 @@ class DevServer:
             self._polled[batch["id"]] += 1
             n = self._polled[batch["id"]]
             if batch["status"] in ("validating", "in_progress", "finalizing"):
-                if n > self.batch_polls:
+                if n > self.batch_polls and self.batch_fail_batches > 0:
+                    self.batch_fail_batches -= 1
+                    batch["status"] = "failed"
+                    batch["errors"] = {"object": "list", "data": [
+                        {"code": "invalid_request", "message": "injected batch failure",
+                         "line": None}]}
+                elif n > self.batch_polls:
                     expire = len([b for b in self.batches.values()
                                   if b["status"] == "expired"]) < self.batch_expire
                     self._finish(batch, "expired" if expire else "completed", half=expire)

@@ -149,6 +149,7 @@ class BatchLLM(WrappedLLM):
             self._timers: dict[str, asyncio.Task[None]] = {}
             self._waiting: dict[str, dict[str, _Call]] = defaultdict(dict)  # batch -> calls
             self._polls: dict[str, asyncio.Task[None]] = {}
+            self._live: dict[str, _Call] = {}  # custom id -> its call, until answered
             self._matched = asyncio.Lock()
             self._unmatched_checked = False
 
@@ -164,10 +165,16 @@ class BatchLLM(WrappedLLM):
         path, body, constraint = await self.server.request_body(kind, prompt, params)
         # The engine's cache key: stable across runs, so a rerun finds its batch.
         key = request_key(self.model_id, kind, prompt, params.to_dict())
+        same = self._live.get(key)
+        if same is not None and not same.future.done():
+            # One line per custom id (a provider refuses a file that repeats one).
+            return await asyncio.shield(same.future)
         call = _Call(key, kind, path, body, constraint,
                      asyncio.get_running_loop().create_future())
+        self._live[key] = call
+        call.future.add_done_callback(lambda _: self._live.pop(key, None))
         earlier = self.journal.batches(key)
-        if earlier and not any(key in w for w in self._waiting.values()):
+        if earlier:
             # A rerun: poll the last batch that holds it (a failure there is tried again).
             log.info("request %s… is in batch %s already: polling it", key[:12], earlier[-1])
             self._await_batch(earlier[-1], [call])
