@@ -31,6 +31,17 @@ to any request carrying a constraint field, like a server without structured out
 ``rate_window`` seconds (a token bucket of ``N``, refilled continuously, as providers
 meter) are answered HTTP 429, counted in ``throttled``.
 
+It also speaks OpenAI's Files and Batch APIs: ``POST /v1/files`` (multipart, purpose
+``batch``), ``GET /v1/files/ID/content``, ``POST /v1/batches``, ``GET /v1/batches[/ID]`` and
+``POST /v1/batches/ID/cancel``. A batch goes validating -> in_progress -> finalizing ->
+completed over ``batch_polls`` looks at it (0: completed at the first), answering each
+line as the endpoint would; its output lines come in reverse order (as a provider's may
+come in any order). ``submitted`` counts each custom id's submissions; ``batch_failures``
+fails the first N lines answered (to the error file), ``batch_fail_text`` fails every line
+whose body contains that text, and ``batch_expire`` lets the first N batches expire with
+only the first half of their lines answered; ``batch_fail_batches`` fails the first N
+batches as a whole (status ``failed``, with ``errors``, no output).
+
 ``python -m instructforge.devserver --port 8999`` runs it standalone.
 """
 
@@ -38,6 +49,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import email.parser
+import email.policy
+import itertools
 import json
 import random
 import threading
@@ -79,6 +93,11 @@ class DevServer:
         seed: int = 0,
         rate_limit: int | None = None,
         rate_window: float = 60.0,
+        batch_polls: int = 0,
+        batch_failures: int = 0,
+        batch_fail_text: str | None = None,
+        batch_expire: int = 0,
+        batch_fail_batches: int = 0,
     ) -> None:
         self.answer = answer
         self.model = model
@@ -108,6 +127,16 @@ class DevServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.base_events.Server | None = None
         self._thread: threading.Thread | None = None
+        self.batch_polls = batch_polls  # may be changed while serving
+        self.batch_failures = batch_failures
+        self.batch_fail_text = batch_fail_text
+        self.batch_expire = batch_expire
+        self.batch_fail_batches = batch_fail_batches
+        self.files: dict[str, bytes] = {}
+        self.batches: dict[str, dict[str, Any]] = {}
+        self.submitted: Counter[str] = Counter()  # custom id -> batches it was submitted in
+        self._polled: Counter[str] = Counter()
+        self._ids = itertools.count(1)
         self._body = json.dumps({"usage": {"prompt_tokens": 10, "completion_tokens": 10}})
 
     @property
@@ -122,10 +151,12 @@ class DevServer:
                 lines = head.decode("latin-1").split("\r\n")
                 method, target, _ = lines[0].split(" ", 2)
                 path = target.partition("?")[0]  # a query (?api_key=...) is not a route
-                length = 0
+                length, ctype = 0, ""
                 for ln in lines[1:]:
                     if ln[:15].lower() == "content-length:":
                         length = int(ln[15:])
+                    if ln[:13].lower() == "content-type:":
+                        ctype = ln[13:].strip()
                 body = await reader.readexactly(length) if length else b""
                 self.requests += 1
                 fault = self.faults.popleft() if self.faults else None
@@ -160,8 +191,14 @@ class DevServer:
                     continue
                 if self.delay:
                     await asyncio.sleep(self.delay)
-                status, payload = self._route(method, path, body)
-                self._send(writer, status, payload)
+                if path.startswith(("/v1/files", "/v1/batches")):
+                    status, payload = self._batch_api(method, path, body, ctype)
+                else:
+                    status, payload = self._route(method, path, body)
+                if isinstance(payload, bytes):
+                    self._send_raw(writer, status, payload)
+                else:
+                    self._send(writer, status, payload)
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
             pass
@@ -218,6 +255,99 @@ class DevServer:
                          "choices": [choice], "usage": usage}
         return 404, {"error": {"message": f"no route {path}"}}
 
+    # -- Files and Batch APIs ---------------------------------------------------------------
+    def _batch_api(self, method: str, path: str, body: bytes, ctype: str
+                   ) -> tuple[int, dict[str, Any] | bytes]:
+        parts = path.strip("/").split("/")[1:]  # ["files"], ["batches", ID], ...
+        if method == "POST" and parts == ["files"]:
+            msg = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+                f"Content-Type: {ctype}\r\n\r\n".encode() + body)
+            fields = {p.get_param("name", header="content-disposition"): p.get_payload(
+                decode=True) for p in msg.iter_parts()}
+            if fields.get("purpose") != b"batch" or not fields.get("file"):
+                return 400, {"error": {"message": "need purpose=batch and a file"}}
+            file_id = f"file-{next(self._ids)}"
+            self.files[file_id] = fields["file"]
+            return 200, {"id": file_id, "object": "file", "purpose": "batch",
+                         "bytes": len(fields["file"])}
+        if method == "GET" and len(parts) == 3 and parts[0] == "files" and parts[2] == "content":
+            if parts[1] not in self.files:
+                return 404, {"error": {"message": f"no file {parts[1]}"}}
+            return 200, self.files[parts[1]]
+        if method == "POST" and parts == ["batches"]:
+            req = json.loads(body or b"{}")
+            lines = [json.loads(ln) for ln in self.files.get(req.get("input_file_id"), b""
+                                                              ).decode().splitlines() if ln]
+            if not lines:
+                return 400, {"error": {"message": "input_file_id names no batch file"}}
+            batch_id = f"batch-{next(self._ids)}"
+            self.submitted.update(ln["custom_id"] for ln in lines)
+            self.batches[batch_id] = {
+                "id": batch_id, "object": "batch", "endpoint": req.get("endpoint"),
+                "input_file_id": req["input_file_id"], "status": "validating",
+                "completion_window": req.get("completion_window"), "output_file_id": None,
+                "error_file_id": None, "request_counts": {"total": len(lines), "completed": 0,
+                                                          "failed": 0}}
+            return 200, self.batches[batch_id]
+        if method == "GET" and parts == ["batches"]:
+            return 200, {"object": "list", "data": list(self.batches.values())[::-1]}
+        batch = self.batches.get(parts[1]) if len(parts) > 1 else None
+        if batch is None:
+            return 404, {"error": {"message": f"no route {method} {path}"}}
+        if method == "POST" and parts[2:] == ["cancel"]:
+            if batch["status"] not in ("completed", "expired", "failed"):
+                self._finish(batch, "cancelled", half=True)
+            return 200, batch
+        if method == "GET" and len(parts) == 2:
+            self._polled[batch["id"]] += 1
+            n = self._polled[batch["id"]]
+            if batch["status"] in ("validating", "in_progress", "finalizing"):
+                if n > self.batch_polls and self.batch_fail_batches > 0:
+                    self.batch_fail_batches -= 1
+                    batch["status"] = "failed"
+                    batch["errors"] = {"object": "list", "data": [
+                        {"code": "invalid_request", "message": "injected batch failure",
+                         "line": None}]}
+                elif n > self.batch_polls:
+                    expire = len([b for b in self.batches.values()
+                                  if b["status"] == "expired"]) < self.batch_expire
+                    self._finish(batch, "expired" if expire else "completed", half=expire)
+                else:
+                    batch["status"] = ("in_progress" if n < self.batch_polls
+                                       else "finalizing")
+            return 200, batch
+        return 404, {"error": {"message": f"no route {method} {path}"}}
+
+    def _finish(self, batch: dict[str, Any], status: str, *, half: bool = False) -> None:
+        """Answer the batch's lines (the first half only with ``half``) into its output and
+        error files, the output in reverse order."""
+        lines = [json.loads(ln) for ln in self.files[batch["input_file_id"]].decode()
+                 .splitlines() if ln]
+        if half:
+            lines = lines[: len(lines) // 2]
+        out, errors = [], []
+        for ln in lines:
+            body = json.dumps(ln["body"])
+            failing = self.batch_failures > 0 or (self.batch_fail_text is not None
+                                                  and self.batch_fail_text in body)
+            if failing:
+                self.batch_failures = max(0, self.batch_failures - 1)
+                err = {"message": "injected line failure", "type": "server_error"}
+                errors.append({"id": f"req-{next(self._ids)}", "custom_id": ln["custom_id"],
+                               "response": {"status_code": 500, "body": {"error": err}},
+                               "error": None})
+                continue
+            code, answer = self._route("POST", ln["url"], body.encode())
+            out.append({"id": f"req-{next(self._ids)}", "custom_id": ln["custom_id"],
+                        "response": {"status_code": code, "body": answer}, "error": None})
+        for name, rows in (("output_file_id", out[::-1]), ("error_file_id", errors)):
+            if rows:
+                file_id = f"file-{next(self._ids)}"
+                self.files[file_id] = "".join(json.dumps(r) + "\n" for r in rows).encode()
+                batch[name] = file_id
+        batch["status"] = status
+        batch["request_counts"].update(completed=len(out), failed=len(errors))
+
     def _bad_body(self, fault: str, path: str) -> bytes:
         """A 200 body of the kind ``fault`` names (shaped for ``path``'s endpoint)."""
         chat = path.endswith("/chat/completions")
@@ -245,7 +375,7 @@ class DevServer:
         return json.dumps(body).encode()
 
     @staticmethod
-    def _send(writer: asyncio.StreamWriter, status: int, payload: dict[str, Any]) -> None:
+    def _send(writer: asyncio.StreamWriter, status: int, payload: Any) -> None:
         DevServer._send_raw(writer, status, json.dumps(payload).encode())
 
     @staticmethod

@@ -12,6 +12,9 @@ from rich.table import Table
 from instructforge.cli.common import (
     ApiKeyOpt,
     BaseUrlOpt,
+    BatchOpt,
+    BatchPollOpt,
+    BatchWindowOpt,
     ColumnOpt,
     ConfigOpt,
     DryRunOpt,
@@ -30,6 +33,7 @@ from instructforge.cli.common import (
     console,
     exit_if_incomplete,
     handle_errors,
+    in_flight,
     out,
     positive,
     print_plan,
@@ -126,6 +130,9 @@ def auto_evol_cmd(
     max_cost: MaxCostOpt = None,
     rpm: RpmOpt = None,
     tpm: TpmOpt = None,
+    batch: BatchOpt = False,
+    batch_poll: BatchPollOpt = 30.0,
+    batch_window: BatchWindowOpt = 2.0,
     rules: Annotated[
         str, typer.Option("--rules", help="Elimination rules, in the search and the final pass "
                           "alike: 'all' (the paper's four plus our checks) or 'paper'.")
@@ -184,7 +191,8 @@ def auto_evol_cmd(
 
     def role(spec: str | None) -> ModelConfig:
         return ModelConfig(spec or model or "embedded", base_url, None, max_concurrency,
-                           timeout, max_retries, price=price, rpm=rpm, tpm=tpm)
+                           timeout, max_retries, price=price, rpm=rpm, tpm=tpm, batch=batch,
+                           batch_poll=batch_poll, batch_window=batch_window)
 
     if initial_method is not None:
         EvolvingMethod.load(initial_method)  # a bad file fails before any call
@@ -200,7 +208,7 @@ def auto_evol_cmd(
         evol_temperature=evol_temperature, evol_max_tokens=evol_max_tokens,
         response_temperature=temperature, response_max_tokens=max_tokens,
         judge_max_tokens=judge_max_tokens, top_p=top_p, column=column,
-        skip_invalid=skip_invalid, limit=limit, concurrency=concurrency,
+        skip_invalid=skip_invalid, limit=limit, concurrency=in_flight(concurrency, batch),
         shared_cache=shared_cache, max_cost=max_cost,
     )
     # ... and what only the search has.

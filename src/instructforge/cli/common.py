@@ -207,6 +207,33 @@ RpmOpt = Annotated[
     typer.Option("--rpm", callback=positive, help="Requests per minute per server, at most "
                  "(its rate limit)."),
 ]
+BatchOpt = Annotated[
+    bool,
+    typer.Option("--batch", help="Send the calls to a server model through its Batch API "
+                 "(about half the price; answers within the provider's 24 h window). Calls in "
+                 "flight go as one batch per step (--concurrency is raised to 10000); a rerun polls the batches already "
+                 "submitted (state/batches.jsonl) instead of paying for them again."),
+]
+# Records in flight at least with --batch: a step's calls then go as one batch, not 64 at a
+# time (each batch may take hours).
+BATCH_IN_FLIGHT = 10_000
+
+
+def in_flight(concurrency: int, batch: bool) -> int:
+    """``--concurrency``, raised to :data:`BATCH_IN_FLIGHT` with ``--batch``."""
+    return max(concurrency, BATCH_IN_FLIGHT) if batch else concurrency
+
+
+BatchPollOpt = Annotated[
+    float,
+    typer.Option("--batch-poll", callback=positive, help="Seconds between two looks at a "
+                 "submitted batch's status (--batch)."),
+]
+BatchWindowOpt = Annotated[
+    float,
+    typer.Option("--batch-window", callback=positive, help="Seconds a batch collects calls "
+                 "after its first before it is submitted (--batch)."),
+]
 TpmOpt = Annotated[
     float | None,
     typer.Option("--tpm", callback=positive, help="Tokens per minute per server, at most "

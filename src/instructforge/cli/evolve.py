@@ -11,6 +11,9 @@ from rich.table import Table
 from instructforge.cli.common import (
     ApiKeyOpt,
     BaseUrlOpt,
+    BatchOpt,
+    BatchPollOpt,
+    BatchWindowOpt,
     ColumnOpt,
     ConfigOpt,
     DryRunOpt,
@@ -31,6 +34,7 @@ from instructforge.cli.common import (
     console,
     exit_if_incomplete,
     handle_errors,
+    in_flight,
     out,
     positive,
     print_plan,
@@ -116,6 +120,9 @@ def evolve_cmd(
     max_cost: MaxCostOpt = None,
     rpm: RpmOpt = None,
     tpm: TpmOpt = None,
+    batch: BatchOpt = False,
+    batch_poll: BatchPollOpt = 30.0,
+    batch_window: BatchWindowOpt = 2.0,
     rules: Annotated[
         str, typer.Option("--rules", help="Elimination rules: 'all' (the paper's four plus our "
                           "checks: " + ", ".join(el.EXTRA_RULES) + ") or 'paper' (exactly the "
@@ -166,7 +173,8 @@ def evolve_cmd(
 
     def role(spec: str | None) -> ModelConfig:
         return ModelConfig(spec or model or "embedded", base_url, None, max_concurrency,
-                           timeout, max_retries, price=price, rpm=rpm, tpm=tpm)
+                           timeout, max_retries, price=price, rpm=rpm, tpm=tpm, batch=batch,
+                           batch_poll=batch_poll, batch_window=batch_window)
 
     cfg = EvolConfig(
         evol_llm=role(evol_model),
@@ -188,7 +196,7 @@ def evolve_cmd(
         column=column,
         skip_invalid=skip_invalid,
         limit=limit,
-        concurrency=concurrency,
+        concurrency=in_flight(concurrency, batch),
         shared_cache=shared_cache,
         executor=executor,
         shards=shards,

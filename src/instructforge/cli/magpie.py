@@ -12,6 +12,9 @@ from rich.table import Table
 from instructforge.cli.common import (
     ApiKeyOpt,
     BaseUrlOpt,
+    BatchOpt,
+    BatchPollOpt,
+    BatchWindowOpt,
     ConfigOpt,
     DryRunOpt,
     ExecutorOpt,
@@ -31,6 +34,7 @@ from instructforge.cli.common import (
     console,
     exit_if_incomplete,
     handle_errors,
+    in_flight,
     positive,
     print_error,
     print_plan,
@@ -110,6 +114,9 @@ def magpie_cmd(
     max_cost: MaxCostOpt = None,
     rpm: RpmOpt = None,
     tpm: TpmOpt = None,
+    batch: BatchOpt = False,
+    batch_poll: BatchPollOpt = 30.0,
+    batch_window: BatchWindowOpt = 2.0,
     template: Annotated[
         str | None,
         typer.Option("--template", help="Chat template: a family name ("
@@ -189,9 +196,11 @@ def magpie_cmd(
     try:
         cfg = MagpieConfig(
             llm=ModelConfig(model, base_url, model_path, max_concurrency, timeout, max_retries,
-                            price=price, rpm=rpm, tpm=tpm),
+                            price=price, rpm=rpm, tpm=tpm, batch=batch,
+                           batch_poll=batch_poll, batch_window=batch_window),
             response_llm=(ModelConfig(response_model, timeout=timeout, max_retries=max_retries,
-                                      price=price, rpm=rpm, tpm=tpm)
+                                      price=price, rpm=rpm, tpm=tpm, batch=batch,
+                           batch_poll=batch_poll, batch_window=batch_window)
                           if response_model else None),
             n=n,
             turns=turns,
@@ -210,7 +219,7 @@ def magpie_cmd(
             seed=seed,
             filters=build_filters(disable_filter or [], language, min_chars, max_chars,
                                   near_dup_threshold),
-            concurrency=concurrency,
+            concurrency=in_flight(concurrency, batch),
             shared_cache=shared_cache,
             executor=executor,
             shards=shards,

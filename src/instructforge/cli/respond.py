@@ -10,6 +10,9 @@ import typer
 from instructforge.cli.common import (
     ApiKeyOpt,
     BaseUrlOpt,
+    BatchOpt,
+    BatchPollOpt,
+    BatchWindowOpt,
     ColumnOpt,
     ConfigOpt,
     DryRunOpt,
@@ -32,6 +35,7 @@ from instructforge.cli.common import (
     console,
     exit_if_incomplete,
     handle_errors,
+    in_flight,
     positive,
     print_plan,
     print_samples,
@@ -64,6 +68,9 @@ def respond_cmd(
     max_cost: MaxCostOpt = None,
     rpm: RpmOpt = None,
     tpm: TpmOpt = None,
+    batch: BatchOpt = False,
+    batch_poll: BatchPollOpt = 30.0,
+    batch_window: BatchWindowOpt = 2.0,
     column: ColumnOpt = "instruction",
     system_prompt: Annotated[
         str | None, typer.Option("--system-prompt", help="System message for every request.")
@@ -90,7 +97,8 @@ def respond_cmd(
     """
     cfg = RespondConfig(
         llm=ModelConfig(model, base_url, model_path, max_concurrency, timeout, max_retries,
-                        price=price, rpm=rpm, tpm=tpm),
+                        price=price, rpm=rpm, tpm=tpm, batch=batch,
+                           batch_poll=batch_poll, batch_window=batch_window),
         temperature=temperature,
         top_p=top_p,
         max_tokens=max_tokens,
@@ -99,7 +107,7 @@ def respond_cmd(
         column=column,
         skip_invalid=skip_invalid,
         limit=limit,
-        concurrency=concurrency,
+        concurrency=in_flight(concurrency, batch),
         shared_cache=shared_cache,
         executor=executor,
         shards=shards,

@@ -10,24 +10,14 @@ keep) answers: only what was actually sent matters.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sqlite3
 import time
 from pathlib import Path
-from typing import Any
 
-from instructforge.llm.base import Completion
+from instructforge.llm.base import Completion, request_key
 
-
-def request_key(model_id: str, kind: str, prompt: Any, params: dict[str, Any]) -> str:
-    blob = json.dumps(
-        {"model": model_id, "kind": kind, "prompt": prompt, "params": params},
-        sort_keys=True,
-        ensure_ascii=False,
-        separators=(",", ":"),
-    )
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+__all__ = ["RequestCache", "request_key"]
 
 
 class RequestCache:

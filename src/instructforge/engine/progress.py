@@ -7,6 +7,7 @@ On a terminal it is a rich progress bar; elsewhere (CI, pipes) one line every fe
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 from rich.console import Console
 from rich.progress import (
@@ -19,10 +20,14 @@ from rich.progress import (
 )
 
 from instructforge.engine.context import Usage
+from instructforge.llm.base import LLM
 
 
 class JobProgress:
-    def __init__(self, name: str, total: int | None, usage: Usage, enabled: bool = True) -> None:
+    def __init__(self, name: str, total: int | None, usage: Usage, enabled: bool = True,
+                 llms: Sequence[LLM] = ()) -> None:
+        self.llms = list(llms)
+        self._shown_status = ""
         self.console = Console(stderr=True)
         self.usage = usage
         self.total = total
@@ -45,11 +50,13 @@ class JobProgress:
                 TimeElapsedColumn(),
                 TextColumn("ETA"),
                 TimeRemainingColumn(),
+                TextColumn("{task.fields[status]}"),
                 console=self.console,
                 refresh_per_second=4,
             )
             self._task = self._progress.add_task(name, total=total, tps=0.0, inflight=0,
-                                                 retries="0", errors=0, cost=self.cost())
+                                                 retries="0", errors=0, cost=self.cost(),
+                                                 status=self.status())
         self.name = name
 
     def __enter__(self) -> JobProgress:
@@ -75,6 +82,28 @@ class JobProgress:
                 self._last_line = now
                 self.console.print(self.line(), highlight=False, markup=False)
 
+    def status(self) -> str:
+        """What the backends wait on (batch mode: the batches submitted / in progress /
+        done, with their ids)."""
+        seen: list[str] = []
+        for llm in self.llms:
+            if (s := llm.status()) and s not in seen:
+                seen.append(s)
+        return "; ".join(seen)
+
+    def tick(self) -> None:
+        """Called every second: shows a change in what the backends wait on (a batch
+        submitted or done) while no record finishes."""
+        status = self.status()
+        if status == self._shown_status:
+            return
+        self._shown_status = status
+        if self._progress:
+            self._refresh()
+        elif self.enabled:
+            self._last_line = time.perf_counter()
+            self.console.print(self.line(), highlight=False, markup=False)
+
     def cost(self) -> str:
         """Dollars spent so far (``$0.0123``), or nothing when no model has a price."""
         priced = any(s.cost_usd is not None for s in self.usage.steps.values())
@@ -87,7 +116,8 @@ class JobProgress:
         return (f"{self.name}: {self.done}{total} records{cost},"
                 f" {self.tokens_per_second():.1f} tok/s,"
                 f" in flight {self.usage.in_flight}, retries {self.usage.retries()},"
-                f" errors {self.usage.errors}")
+                f" errors {self.usage.errors}"
+                + (f", {status}" if (status := self.status()) else ""))
 
     def _refresh(self) -> None:
         assert self._progress is not None
@@ -99,4 +129,5 @@ class JobProgress:
             retries=self.usage.retries(),
             errors=self.usage.errors,
             cost=self.cost(),
+            status=self.status(),
         )

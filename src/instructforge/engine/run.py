@@ -186,8 +186,10 @@ async def _run_locked(
             bar.advance()
 
     saver = asyncio.create_task(_save_usage_periodically(run, name, ctx, result, t0))
+    ticker: asyncio.Task[None] | None = None
     try:
-        with JobProgress(name, total, ctx.usage, enabled=progress) as bar:
+        with JobProgress(name, total, ctx.usage, enabled=progress, llms=llms) as bar:
+            ticker = asyncio.create_task(_tick(bar))
             for rec in inputs:
                 if abort or budget and budget.exhausted:
                     break
@@ -215,6 +217,8 @@ async def _run_locked(
             await asyncio.gather(*tasks, return_exceptions=bool(abort))
     finally:
         saver.cancel()
+        if ticker is not None:
+            ticker.cancel()
         for t in tasks:
             t.cancel()
         for llm in llms:
@@ -235,6 +239,12 @@ async def _run_locked(
     if budget and budget.exhausted:
         raise budget.error()
     return result
+
+
+async def _tick(bar: JobProgress) -> None:
+    while True:
+        await asyncio.sleep(1)
+        bar.tick()
 
 
 async def _save_usage_periodically(

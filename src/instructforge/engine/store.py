@@ -10,6 +10,7 @@ Layout::
       cache.sqlite         request cache
       usage.json           tokens per model and step, requests, errors, wall time
       state/done.txt       ids of inputs whose records are all written (resume)
+      state/batches.jsonl  batch mode: the batches submitted, for resume (llm/batch.py)
       state/lock           held (``flock``) by the one process writing the run; holds its pid
 
 Each input's outputs are appended and flushed before its id goes to ``state/done.txt``; a
@@ -47,7 +48,7 @@ from instructforge.records import IdIndex, Record, id_problem, rejected
 RUN_OPTIONS = frozenset({
     "concurrency", "max_concurrency", "timeout", "limit", "n", "shared_cache", "skip_invalid",
     "executor", "shards", "base_url", "progress", "max_retries", "connect_timeout",
-    "price", "max_cost", "rpm", "tpm",
+    "price", "max_cost", "rpm", "tpm", "batch", "batch_requests", "batch_window", "batch_poll",
 })
 
 
@@ -204,6 +205,7 @@ class RunDir:
         self.config = self.root / "config.yaml"
         self.done = self.root / "state" / "done.txt"
         self.lock_file = self.root / "state" / "lock"
+        self.batches = self.root / "state" / "batches.jsonl"  # batch mode's journal
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:

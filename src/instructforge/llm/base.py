@@ -9,6 +9,7 @@ Backends know nothing of methods or the engine; they can be used alone::
 
 from __future__ import annotations
 
+import hashlib
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
@@ -132,6 +133,18 @@ class Completion:
         )
 
 
+def request_key(model_id: str, kind: str, prompt: Any, params: dict[str, Any]) -> str:
+    """The request cache's key of a call (``kind``: "chat" or "complete"): a hash of what is
+    sent, never of code. Batch mode uses it as the batch line's ``custom_id``."""
+    blob = json.dumps(
+        {"model": model_id, "kind": kind, "prompt": prompt, "params": params},
+        sort_keys=True,
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
 class LLMError(InstructForgeError, RuntimeError):
     """A request failed for good (after retries), with a message a user can act on.
 
@@ -194,6 +207,11 @@ class LLM(ABC):
         """Public, secret-free description for config.yaml and usage.json."""
         return {"model": self.model_id}
 
+    def status(self) -> str:
+        """What the backend is waiting on, for the progress line ("" when nothing worth
+        showing; batch mode: its batches)."""
+        return ""
+
 
 class WrappedLLM(LLM):
     """A backend that changes some calls of another (``inner``) and forwards the rest, so a
@@ -240,3 +258,6 @@ class WrappedLLM(LLM):
 
     def describe(self) -> dict[str, Any]:
         return self.inner.describe()
+
+    def status(self) -> str:
+        return self.inner.status()

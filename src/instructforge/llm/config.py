@@ -10,10 +10,13 @@ A method's config holds one :class:`ModelConfig` per role (evol, response, judge
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 from instructforge.llm import make_llm
 from instructforge.llm.base import LLM
+from instructforge.llm.batch import BatchLLM
+from instructforge.llm.openai import OpenAICompatible
 from instructforge.llm.prices import FREE, Price, load_prices, lookup, parse_price
 
 
@@ -30,8 +33,16 @@ class ModelConfig:
     price: str | None = None  # "IN,OUT": USD per million prompt / completion tokens
     rpm: float | None = None  # requests per minute, at most (a server's rate limit)
     tpm: float | None = None  # tokens per minute, at most (prompt, roughly, plus max_tokens)
+    # Batch mode (--batch): calls go through the server's Batch API (llm/batch.py).
+    batch: bool = False
+    batch_requests: int = 10_000  # requests per batch, at most
+    batch_window: float = 2.0  # seconds a batch collects requests after its first
+    batch_poll: float = 30.0  # seconds between two looks at a batch's status
 
-    def build(self, api_key: str | None = None) -> LLM:
+    def build(self, api_key: str | None = None, journal: Path | None = None) -> LLM:
+        """The backend; in batch mode, a server's backend wrapped in a
+        :class:`~instructforge.llm.batch.BatchLLM` recording its batches in ``journal``
+        (the run's ``state/batches.jsonl``). A model that runs here ignores ``batch``."""
         llm = make_llm(
             self.model,
             base_url=self.base_url,
@@ -43,7 +54,11 @@ class ModelConfig:
             rpm=self.rpm,
             tpm=self.tpm,
         )
-        llm.price = self.resolve_price()
+        # The list price: a BatchLLM applies its batch factor itself.
+        llm.price = replace(self, batch=False).resolve_price()
+        if self.batch and isinstance(llm, OpenAICompatible):
+            return BatchLLM(llm, journal, size=self.batch_requests, window=self.batch_window,
+                            poll=self.batch_poll)
         return llm
 
     def remote(self) -> bool:
@@ -53,18 +68,38 @@ class ModelConfig:
     def resolve_price(self) -> Price | None:
         """What this model's tokens cost: ``price`` when given; free for a model that runs
         here; else the prices file's entry for the model's name (None when it has none).
+        With ``batch``, a server model's price times its batch factor.
 
         >>> ModelConfig("openai:gpt-4o-mini@http://h/v1").resolve_price()
         Price(input=0.15, output=0.6, batch=0.5)
+        >>> ModelConfig("openai:gpt-4o-mini@http://h/v1", batch=True).resolve_price()
+        Price(input=0.075, output=0.3, batch=1.0)
         >>> ModelConfig("embedded").resolve_price()
         Price(input=0.0, output=0.0, batch=1.0)
         """
-        if self.price is not None:
-            return parse_price(self.price)
         if not self.remote():
-            return FREE
-        name = self.model.removeprefix("openai").removeprefix(":").partition("@")[0]
-        return lookup(name, load_prices()) if name else None
+            return FREE if self.price is None else parse_price(self.price)
+        if self.price is not None:
+            price: Price | None = parse_price(self.price)
+        else:
+            name = self.model.removeprefix("openai").removeprefix(":").partition("@")[0]
+            price = lookup(name, load_prices()) if name else None
+        if self.batch and price is not None:
+            return Price(price.input * price.batch, price.output * price.batch, 1.0)
+        return price
+
+    def batches(self, requests_per_step: int, steps: int) -> dict[str, int]:
+        """For ``--dry-run`` in batch mode: the requests and (about) the batches a run of
+        ``steps`` steps of ``requests_per_step`` calls would submit ({} when not batching).
+
+        >>> ModelConfig("openai:m@http://h/v1", batch=True).batches(25_000, 3)
+        {'batch_requests_at_most': 75000, 'batches_about': 9}
+        """
+        if not (self.batch and self.remote()):
+            return {}
+        per_step = -(-requests_per_step // self.batch_requests)
+        return {"batch_requests_at_most": requests_per_step * steps,
+                "batches_about": per_step * steps}
 
     def gpus(self) -> int:
         """GPUs a process must reserve to build this backend: a ``vllm:`` engine needs its
@@ -95,15 +130,16 @@ def gpus_needed(*configs: ModelConfig | str | None) -> int:
     return sum(c.gpus() for c in distinct_configs.values())
 
 
-def build_roles(configs: list[ModelConfig], api_key: str | None = None) -> list[LLM]:
+def build_roles(configs: list[ModelConfig], api_key: str | None = None,
+                journal: Path | None = None) -> list[LLM]:
     """One backend per role, shared between roles with the same config (three roles on
-    ``embedded`` share one server)."""
+    ``embedded`` share one server); ``journal``: see :meth:`ModelConfig.build`."""
     built: dict[str, LLM] = {}
     out = []
     for mc in configs:
         key = json.dumps(asdict(mc), sort_keys=True)
         if key not in built:
-            built[key] = mc.build(api_key)
+            built[key] = mc.build(api_key, journal)
         out.append(built[key])
     return out
 

@@ -292,10 +292,13 @@ class OpenAICompatible(LLM):
         refusable: bool = False,
         tally: Counter[str] | None = None,
         timeout: float | None = None,
+        form: Callable[[], aiohttp.FormData] | None = None,
+        text: bool = False,
     ) -> Any:
         """``method path`` with retries; the JSON answer, through ``parse`` when given
-        (``parse`` raises :class:`_Unusable` for an answer to retry). ``tally`` counts the
-        retries by cause."""
+        (``parse`` raises :class:`_Unusable` for an answer to retry), or its text with
+        ``text``. ``form`` makes a multipart body for each attempt (a file upload).
+        ``tally`` counts the retries by cause."""
         client, sem = self._ensure_client()
         url = f"{self._base}{path}{self._query}"
         shown = f"{self.base_url}{path}"
@@ -314,7 +317,11 @@ class OpenAICompatible(LLM):
             try:
                 try:
                     async with client.request(method, url, json=payload,
+                                              data=form() if form is not None else None,
                                               timeout=per_attempt) as r:
+                        if r.status < 400 and text:
+                            sem.succeeded()
+                            return await r.text()
                         if r.status < 400:
                             try:
                                 data = await r.json(content_type=None)
@@ -484,6 +491,58 @@ class OpenAICompatible(LLM):
                     ", ".join(fields), refused.status, refused.text[:200].strip(),
                 )
             return self._completion(answer, "fallback", tally)
+
+    # -- the Batch API (used by :class:`~instructforge.llm.batch.BatchLLM`) ----------------
+    async def call_api(self, method: str, path: str, payload: dict[str, Any] | None = None
+                       ) -> Any:
+        """``method path`` (``/batches``, ``/files/ID``...) with retries; its JSON answer."""
+        return await self._request(method, path, payload, timeout=min(self.timeout,
+                                                                      META_TIMEOUT * 4))
+
+    async def upload_file(self, name: str, content: bytes, purpose: str = "batch") -> str:
+        """``POST /files`` (multipart, ``purpose``); the new file's id."""
+        def form() -> aiohttp.FormData:
+            f = aiohttp.FormData()
+            f.add_field("purpose", purpose)
+            f.add_field("file", content, filename=name, content_type="application/jsonl")
+            return f
+
+        data = await self._request("POST", "/files", form=form)
+        if not isinstance(data, dict) or not isinstance(data.get("id"), str):
+            raise LLMError(f"{self.base_url}/files answered no file id: {str(data)[:200]}")
+        return data["id"]
+
+    async def file_text(self, file_id: str) -> str:
+        """``GET /files/ID/content``: the file as text."""
+        return await self._request("GET", f"/files/{file_id}/content", text=True)
+
+    async def request_body(self, kind: str, prompt: Any, params: SamplingParams
+                           ) -> tuple[str, dict[str, Any], str | None]:
+        """What :meth:`chat` (``kind`` "chat") or :meth:`complete` would POST, for a batch
+        line: the path, the body (with the constraint, as this server takes it) and how
+        the constraint is sent (None: unconstrained, "native", "fallback" or "off")."""
+        if self.model is None:
+            await self.resolve_model()
+        payload = self._payload(params)
+        path = "/chat/completions" if kind == "chat" else "/completions"
+        payload["messages" if kind == "chat" else "prompt"] = prompt
+        if not params.constrained:
+            return path, payload, None
+        if self.structured == "off":
+            return path, payload, "off"
+        if path in self._unconstrained:
+            return path, payload, "fallback"
+        fields = constraint_fields(await self.server_flavour(), params, self._server_version)
+        return path, {**payload, **fields}, "native"
+
+    def read_completion(self, data: Any, kind: str, constraint: str | None) -> Completion:
+        """A batch output line's response body as a :class:`Completion` (LLMError when it
+        holds no usable answer)."""
+        try:
+            choice, text = first_choice(data, "message" if kind == "chat" else "text")
+        except _Unusable as e:
+            raise LLMError(f"unusable answer in a batch output line: {e}") from None
+        return self._completion((data, choice, text), constraint, Counter())
 
     async def server_flavour(self) -> str:
         """How this server takes constraints: "llamacpp", "vllm" or "openai" (or "off").

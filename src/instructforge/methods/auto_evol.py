@@ -59,7 +59,9 @@ from instructforge.files import write_atomic
 from instructforge.inputs import InstructionSource
 from instructforge.llm import LLM, Completion, Message, RawCompletionUnsupported, SamplingParams
 from instructforge.llm.base import WrappedLLM
+from instructforge.llm.batch import BatchLLM
 from instructforge.llm.config import ModelConfig, build_roles, distinct
+from instructforge.llm.openai import OpenAICompatible
 from instructforge.llm.urls import redact_urls
 from instructforge.methods import eliminate as el
 from instructforge.methods.evol_instruct import EvolConfig, Models, evolve
@@ -724,11 +726,30 @@ class SearchModels:
     @classmethod
     def build(cls, cfg: AutoEvolConfig, api_key: str | None = None) -> SearchModels:
         e = cfg.evol
-        return cls(*build_roles([e.evol_llm, cfg.optimizer_llm, e.response_llm, e.judge_llm],
-                                api_key))
+        # The search streams (its steps wait on each other); --batch is for the final pass.
+        roles = [replace(c, batch=False) for c in
+                 (e.evol_llm, cfg.optimizer_llm, e.response_llm, e.judge_llm)]
+        return cls(*build_roles(roles, api_key))
 
     def distinct(self) -> list[LLM]:
         return distinct([self.evol, self.optimizer, self.response, self.judge])
+
+
+def batched(models: SearchModels, cfg: EvolConfig, journal: Path) -> Models:
+    """The final pass's backends: the search's, each server backend whose role asks for
+    ``--batch`` wrapped in a :class:`~instructforge.llm.batch.BatchLLM` (one per backend)."""
+    made: dict[int, LLM] = {}
+
+    def wrap(llm: LLM, mc: ModelConfig) -> LLM:
+        if not mc.batch or not isinstance(llm, OpenAICompatible):
+            return llm
+        if id(llm) not in made:
+            made[id(llm)] = BatchLLM(llm, journal, size=mc.batch_requests,
+                                     window=mc.batch_window, poll=mc.batch_poll)
+        return made[id(llm)]
+
+    return Models(wrap(models.evol, cfg.evol_llm), wrap(models.response, cfg.response_llm),
+                  wrap(models.judge, cfg.judge_llm))
 
 
 # --- the wrapper that lets Evol-Instruct run e* -----------------------------------------------
@@ -1243,8 +1264,9 @@ def _auto_evolve(
     record = {**cfg.to_dict(),
               "final_pass": {k: v for k, v in evol_cfg.to_dict().items()
                              if k in FINAL_PASS_FIELDS}}
-    wrapper = SectionsLLM(models.evol, found.best_path.parent / "evolutions.jsonl")
+    final = batched(models, evol_cfg, RunDir(run_dir).batches)
+    wrapper = SectionsLLM(final.evol, found.best_path.parent / "evolutions.jsonl")
     job = evolve(input_path, run_dir, evol_cfg,
-                 models=Models(evol=wrapper, response=models.response, judge=models.judge),
+                 models=Models(evol=wrapper, response=final.response, judge=final.judge),
                  progress=progress, run_config=record)
     return AutoEvolResult(found, job)

@@ -251,8 +251,10 @@ class Models:
     judge: LLM
 
     @classmethod
-    def build(cls, cfg: EvolConfig, api_key: str | None = None) -> Models:
-        return cls(*build_roles([cfg.evol_llm, cfg.response_llm, cfg.judge_llm], api_key))
+    def build(cls, cfg: EvolConfig, api_key: str | None = None,
+              journal: Path | None = None) -> Models:
+        return cls(*build_roles([cfg.evol_llm, cfg.response_llm, cfg.judge_llm], api_key,
+                                journal))
 
     def distinct(self) -> list[LLM]:
         return distinct([self.evol, self.response, self.judge])
@@ -554,6 +556,8 @@ def estimate(input_path: str | Path, config: EvolConfig | None = None) -> dict[s
             (cfg.judge_llm.resolve_price(), n * cfg.rounds * judges, PROMPT_TOKENS_APPROX,
              cfg.judge_max_tokens),
         ]),
+        # In batch mode each step of each round is (at least) one batch.
+        **cfg.evol_llm.batches(n, cfg.rounds * per_round),
     }
 
 
@@ -600,7 +604,8 @@ def evol_job(
     *, models: Models | None = None,
 ) -> tuple[EvolChain, list[LLM]]:
     """The per-chain process and its backends; module-level so a Ray worker can build it."""
-    chain = EvolChain(cfg, models or Models.build(cfg, api_key))
+    journal = run.batches if run is not None else None  # batch mode's record of batches
+    chain = EvolChain(cfg, models or Models.build(cfg, api_key, journal))
     return chain, chain.models.distinct()
 
 

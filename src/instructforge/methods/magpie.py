@@ -349,9 +349,9 @@ def magpie_job(
 ) -> tuple[Magpie, list[LLM]]:
     """Build the models, check raw completion, find the template, and rebuild the dedup index
     from ``run``: a job ready to process records. Module-level so a Ray worker can build it."""
-    llm = llm or cfg.llm.build(api_key)
+    llm = llm or cfg.llm.build(api_key, run.batches)
     if response_llm is None and cfg.response_llm is not None:
-        response_llm = cfg.response_llm.build(api_key)
+        response_llm = cfg.response_llm.build(api_key, run.batches)
     cache = RequestCache(run.cache)
     shared = RequestCache(Path(cfg.shared_cache)) if cfg.shared_cache else None
     try:
@@ -401,6 +401,7 @@ def estimate(cfg: MagpieConfig) -> dict[str, Any]:
             ((cfg.response_llm or cfg.llm).resolve_price(), cfg.n * cfg.turns,
              300 * cfg.turns, cfg.response_max_tokens),
         ]),
+        **cfg.llm.batches(cfg.n, cfg.turns * 2),  # a query and an answer a turn
         "template": cfg.template or "auto (read from the model's chat template)",
         "categories": ", ".join(f"{k}:{v:g}" for k, v in cfg.categories.items()) or "none",
     }

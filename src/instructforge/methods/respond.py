@@ -104,8 +104,9 @@ def respond_job(
     cfg: RespondConfig, api_key: str | None = None, run: RunDir | None = None
 ) -> tuple[ProcessFn, list[LLM]]:
     """The respond job's per-record step and its LLM, built where it runs (a Ray worker
-    builds its own backend from the config; ``run`` is the shard's directory, unused here)."""
-    llm = cfg.llm.build(api_key)
+    builds its own backend from the config; ``run`` is the shard's directory, where batch
+    mode records its batches)."""
+    llm = cfg.llm.build(api_key, run.batches if run is not None else None)
     params = cfg.params()
 
     async def process(record: Record, ctx: Context) -> list[Record]:
@@ -130,4 +131,5 @@ def estimate(source: InstructionSource, cfg: RespondConfig) -> dict[str, Any]:
         "completion_tokens_max": n * cfg.max_tokens,
         "cost_usd": cost_range([(cfg.llm.resolve_price(), n, prompt_tokens // max(n, 1),
                                  cfg.max_tokens)]),
+        **cfg.llm.batches(n, 1),
     }
