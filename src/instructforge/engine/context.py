@@ -126,7 +126,15 @@ class Context:
         pending = self._pending.get(key)
         if pending is not None:  # the same request is already on its way: share it
             u.cached += 1
-            return await asyncio.shield(pending)
+            try:
+                return await asyncio.shield(pending)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if not pending.cancelled() or (task is not None and task.cancelling()):
+                    raise
+                # The caller that made it gave it up (a discarded speculative call): make it.
+                u.cached -= 1
+                return await self._call(llm, kind, prompt, params, step)
         fut: asyncio.Future[Completion] = asyncio.get_running_loop().create_future()
         self._pending[key] = fut
         self.usage.in_flight += 1
@@ -143,6 +151,9 @@ class Context:
             e.model = e.model or llm.model_id
             fut.set_exception(e)
             fut.exception()  # mark retrieved: waiters re-raise it themselves
+            raise
+        except BaseException:  # cancelled: a waiter makes the call itself
+            fut.cancel()
             raise
         finally:
             self.usage.in_flight -= 1

@@ -47,6 +47,7 @@ from instructforge.records import IdIndex, Record, id_problem, rejected
 RUN_OPTIONS = frozenset({
     "concurrency", "max_concurrency", "timeout", "limit", "n", "shared_cache", "skip_invalid",
     "executor", "shards", "base_url", "progress", "max_retries", "connect_timeout",
+    "speculative_answer",
 })
 
 

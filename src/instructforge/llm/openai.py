@@ -26,6 +26,7 @@ import random
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -37,6 +38,7 @@ from instructforge.llm.base import (
     RawCompletionUnsupported,
     SamplingParams,
 )
+from instructforge.llm.limiter import PriorityLimiter
 from instructforge.llm.structured import choice_grammar, choice_schema
 from instructforge.llm.urls import redact_urls
 
@@ -185,7 +187,8 @@ class OpenAICompatible(LLM):
     Each attempt may take ``connect_timeout`` seconds to connect and ``timeout`` seconds in
     all; a call makes at most ``max_retries + 1`` attempts, and a request slot (of
     ``max_concurrency``) is held only while an attempt is on the wire, never while it waits
-    to retry.
+    to retry; when all are taken, a started input's next call goes before a new input's
+    first (:mod:`~instructforge.llm.limiter`).
     ``structured`` picks how constraints are sent: ``"auto"`` (find out from the server),
     ``"llamacpp"``, ``"vllm"``, ``"openai"`` (``response_format``), or ``"off"`` (never sent;
     the answer is read from free text).
@@ -228,7 +231,7 @@ class OpenAICompatible(LLM):
         self.model_id = model_id or f"openai:{model}@{self.base_url}"
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: aiohttp.ClientSession | None = None
-        self._sem: asyncio.Semaphore | None = None
+        self._sem: PriorityLimiter | None = None
         self._resolve_lock: asyncio.Lock | None = None
         self._checked = False
         self.structured = structured
@@ -239,7 +242,7 @@ class OpenAICompatible(LLM):
         self._unconstrained: set[str] = set()
 
     # -- plumbing ---------------------------------------------------------------------------
-    def _ensure_client(self) -> tuple[aiohttp.ClientSession, asyncio.Semaphore]:
+    def _ensure_client(self) -> tuple[aiohttp.ClientSession, PriorityLimiter]:
         loop = asyncio.get_running_loop()
         if self._client is None or self._loop is not loop:
             # A session is bound to its event loop; a new asyncio.run() gets a fresh one.
@@ -250,7 +253,7 @@ class OpenAICompatible(LLM):
                 timeout=aiohttp.ClientTimeout(total=self.timeout,
                                               sock_connect=self.connect_timeout),
             )
-            self._sem = asyncio.Semaphore(self.max_concurrency)
+            self._sem = PriorityLimiter(self.max_concurrency)
             self._resolve_lock = asyncio.Lock()
             self._flavour_lock = asyncio.Lock()
             self._loop = loop
@@ -534,6 +537,12 @@ class OpenAICompatible(LLM):
             return None
         template = data.get("chat_template") if isinstance(data, dict) else None
         return template if isinstance(template, str) else None
+
+    def is_local(self) -> bool:
+        """Whether the server is on this machine (a loopback address: the embedded server,
+        a local llama.cpp or vLLM)."""
+        host = urlsplit(self._base).hostname or ""
+        return host == "localhost" or host == "::1" or host.startswith("127.")
 
     async def aclose(self) -> None:
         if self._client is not None and self._loop is asyncio.get_running_loop():
