@@ -49,6 +49,9 @@ class Recording(LLM):
     def is_local(self) -> bool:
         return self.inner.is_local()
 
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
     async def chat(self, messages: list[Message], params: SamplingParams) -> Completion:
         try:
             out = await self.inner.chat(messages, params)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
@@ -17,9 +16,8 @@ import pytest
 from instructforge.devserver import DevServer
 from instructforge.engine import JobAborted, RequestCache, RunDir, Usage, iter_jsonl, run_job
 from instructforge.engine.progress import JobProgress
-from instructforge.llm import LLM, Completion, LLMError, OpenAICompatible, SamplingParams
+from instructforge.llm import LLMError, OpenAICompatible
 from instructforge.llm.config import ModelConfig
-from instructforge.llm.limiter import PriorityLimiter
 from instructforge.methods.respond import RespondConfig, respond
 from instructforge.records import new_record, rejected
 
@@ -296,70 +294,3 @@ def test_a_failed_input_is_rejected_with_the_reason_not_done_and_retried_by_a_re
     assert (res.processed, res.skipped, res.failed) == (1, 2, 0)
     assert sorted(r["id"] for r in run.kept()) == ["a", "b", "c"]
     assert list(run.dropped()) == []
-
-
-# --- the request limit: a started input's next call first ---------------------------------
-
-
-class QueuedLLM(LLM):
-    """One request at a time through a :class:`PriorityLimiter`; notes each call as it is
-    admitted, and holds its slot for a few loop turns so that others queue meanwhile."""
-
-    model_id = "queued"
-
-    def __init__(self) -> None:
-        self.limiter = PriorityLimiter(1)
-        self.admitted: list[str] = []
-
-    async def chat(self, messages, params) -> Completion:
-        async with self.limiter:
-            self.admitted.append(messages[-1]["content"])
-            for _ in range(5):
-                await asyncio.sleep(0)
-        return Completion("ok", "stop", completion_tokens=1, model=self.model_id)
-
-    async def complete(self, text, params):  # pragma: no cover - chats only
-        raise NotImplementedError
-
-
-def test_a_started_inputs_next_call_is_admitted_before_a_new_inputs_first(tmp_path):
-    llm = QueuedLLM()
-
-    async def two_calls(rec, ctx):
-        for step in (1, 2):
-            await ctx.chat(llm, [{"role": "user", "content": f"{rec['id']}{step}"}],
-                           SamplingParams(), step="s")
-        return [rec]
-
-    inputs = [new_record(x, f"{x}?", method="input") for x in "ABC"]
-    run_job("t", inputs, two_calls, tmp_path / "run", config={}, progress=False)
-    # A1 is admitted at once, B1 and C1 wait; B1 goes in when A1 ends (nothing else waits
-    # yet), then A2 and B2 (follow-ups) go before C1 (a first call). First come, first
-    # served would give A1 B1 C1 A2 B2 C2.
-    assert llm.admitted == ["A1", "B1", "A2", "B2", "C1", "C2"]
-
-
-def test_a_cancelled_waiter_gives_its_turn_to_the_next():
-    async def scenario() -> list[str]:
-        limiter, got = PriorityLimiter(1), []
-
-        async def take(name: str, hold: asyncio.Event | None = None) -> None:
-            async with limiter:
-                got.append(name)
-                if hold is not None:
-                    await hold.wait()
-
-        hold = asyncio.Event()
-        first = asyncio.create_task(take("first", hold))
-        await asyncio.sleep(0)
-        gone, last = asyncio.create_task(take("gone")), asyncio.create_task(take("last"))
-        await asyncio.sleep(0)
-        gone.cancel()
-        hold.set()
-        await asyncio.gather(first, last)
-        await asyncio.gather(gone, return_exceptions=True)
-        async with limiter:  # the slot came back
-            got.append("again")
-        return got
-
-    assert asyncio.run(scenario()) == ["first", "last", "again"]

@@ -34,7 +34,6 @@ from instructforge.engine.store import RunDir, RunDirError, Store, iter_jsonl
 from instructforge.errors import EXIT_FAILED, InstructForgeError
 from instructforge.files import atomic_path, write_atomic
 from instructforge.llm.base import LLM, LLMError
-from instructforge.llm.limiter import input_turn
 from instructforge.records import Record, id_problem
 
 ProcessFn = Callable[[Record, Context], Awaitable[list[Record]]]
@@ -149,11 +148,8 @@ async def _run_locked(
     consecutive = 0
     abort: list[str] = []
 
-    async def one(rec: Record, bar: JobProgress, order: int) -> None:
+    async def one(rec: Record, bar: JobProgress) -> None:
         nonlocal consecutive
-        # This input's calls (and those of tasks it starts) queue as its own: a started
-        # input's next call is admitted before a new input's first (llm/limiter.py).
-        input_turn(order)
         try:
             outputs = await process(rec, ctx)
         except LLMError as e:
@@ -177,7 +173,7 @@ async def _run_locked(
     saver = asyncio.create_task(_save_usage_periodically(run, name, ctx, result, t0))
     try:
         with JobProgress(name, total, ctx.usage, enabled=progress) as bar:
-            for order, rec in enumerate(inputs):
+            for rec in inputs:
                 if abort:
                     break
                 if rec.get("status") == "rejected":
@@ -192,7 +188,7 @@ async def _run_locked(
                     bar.advance()
                     continue
                 await sem.acquire()
-                t = asyncio.create_task(one(rec, bar, order))
+                t = asyncio.create_task(one(rec, bar))
                 tasks.add(t)
                 t.add_done_callback(tasks.discard)
             if abort:

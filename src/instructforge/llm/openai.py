@@ -38,7 +38,6 @@ from instructforge.llm.base import (
     RawCompletionUnsupported,
     SamplingParams,
 )
-from instructforge.llm.limiter import PriorityLimiter
 from instructforge.llm.structured import choice_grammar, choice_schema
 from instructforge.llm.urls import redact_urls
 
@@ -187,8 +186,7 @@ class OpenAICompatible(LLM):
     Each attempt may take ``connect_timeout`` seconds to connect and ``timeout`` seconds in
     all; a call makes at most ``max_retries + 1`` attempts, and a request slot (of
     ``max_concurrency``) is held only while an attempt is on the wire, never while it waits
-    to retry; when all are taken, a started input's next call goes before a new input's
-    first (:mod:`~instructforge.llm.limiter`).
+    to retry.
     ``structured`` picks how constraints are sent: ``"auto"`` (find out from the server),
     ``"llamacpp"``, ``"vllm"``, ``"openai"`` (``response_format``), or ``"off"`` (never sent;
     the answer is read from free text).
@@ -231,7 +229,7 @@ class OpenAICompatible(LLM):
         self.model_id = model_id or f"openai:{model}@{self.base_url}"
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: aiohttp.ClientSession | None = None
-        self._sem: PriorityLimiter | None = None
+        self._sem: asyncio.Semaphore | None = None
         self._resolve_lock: asyncio.Lock | None = None
         self._checked = False
         self.structured = structured
@@ -242,7 +240,7 @@ class OpenAICompatible(LLM):
         self._unconstrained: set[str] = set()
 
     # -- plumbing ---------------------------------------------------------------------------
-    def _ensure_client(self) -> tuple[aiohttp.ClientSession, PriorityLimiter]:
+    def _ensure_client(self) -> tuple[aiohttp.ClientSession, asyncio.Semaphore]:
         loop = asyncio.get_running_loop()
         if self._client is None or self._loop is not loop:
             # A session is bound to its event loop; a new asyncio.run() gets a fresh one.
@@ -253,7 +251,7 @@ class OpenAICompatible(LLM):
                 timeout=aiohttp.ClientTimeout(total=self.timeout,
                                               sock_connect=self.connect_timeout),
             )
-            self._sem = PriorityLimiter(self.max_concurrency)
+            self._sem = asyncio.Semaphore(self.max_concurrency)
             self._resolve_lock = asyncio.Lock()
             self._flavour_lock = asyncio.Lock()
             self._loop = loop
