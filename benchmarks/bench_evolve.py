@@ -11,6 +11,7 @@
 
     python benchmarks/bench_evolve.py                    # 20 seeds x 2 rounds
     python benchmarks/bench_evolve.py --seeds 40 --rounds 3 --max-tokens 256
+    python benchmarks/bench_evolve.py --no-speculative-answer   # answers only after the judge
 
 Seeds: ../shared/data/alpaca_seed_tasks.jsonl when present (not shipped with the project),
 else examples/seeds.jsonl repeated.
@@ -43,10 +44,22 @@ class Recording(LLM):
         self.model_id = inner.model_id
         self.max_concurrency = inner.max_concurrency
         self.requests: list[tuple[list[Message], SamplingParams]] = []
+        self.cancelled = 0  # speculative answers given up before they finished
+
+    def is_local(self) -> bool:
+        return self.inner.is_local()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
 
     async def chat(self, messages: list[Message], params: SamplingParams) -> Completion:
-        self.requests.append((messages, params))
-        return await self.inner.chat(messages, params)
+        try:
+            out = await self.inner.chat(messages, params)
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        self.requests.append((messages, params))  # finished calls only: the replay's work
+        return out
 
     async def complete(self, text: str, params: SamplingParams) -> Completion:
         raise NotImplementedError("Evol-Instruct only chats")
@@ -80,12 +93,17 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=256, help="answer cap")
     ap.add_argument("--evol-max-tokens", type=int, default=128)
     ap.add_argument("--parallel", type=int, default=8, help="server slots")
-    ap.add_argument("--threads", type=int, default=0,
-                    help="server CPU threads (0: all cores; 1 behaves far better when other "
-                    "servers share the cores)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="server CPU threads (0: all cores; default: as the embedded server "
+                    "chooses, INSTRUCTFORGE_LLAMA_THREADS or every core but one)")
+    ap.add_argument("--speculative-answer", action=argparse.BooleanOptionalAction,
+                    default=True, help="start a child's answer while the judge runs")
     args = ap.parse_args()
 
-    inner = embedded_llm(settings=ServerSettings(parallel=args.parallel, threads=args.threads))
+    settings = ServerSettings(parallel=args.parallel)
+    if args.threads is not None:
+        settings.threads = args.threads
+    inner = embedded_llm(settings=settings)
     async def warm_up() -> None:
         await inner.chat([{"role": "user", "content": "Hi"}], SamplingParams(max_tokens=4))
         await inner.aclose()  # its session belongs to this event loop
@@ -93,7 +111,8 @@ def main() -> None:
     asyncio.run(warm_up())
     rec = Recording(inner)
     cfg = EvolConfig(rounds=args.rounds, response_max_tokens=args.max_tokens,
-                     evol_max_tokens=args.evol_max_tokens)
+                     evol_max_tokens=args.evol_max_tokens,
+                     speculative_answer=args.speculative_answer)
     with tempfile.TemporaryDirectory() as tmp:
         seeds = write_seeds(Path(tmp) / "seeds.jsonl", args.seeds)
         t0 = time.perf_counter()
@@ -111,8 +130,10 @@ def main() -> None:
     raw_tps = raw_tokens / raw_wall
 
     print(f"Evol-Instruct, {args.seeds} seeds x {args.rounds} rounds, embedded {inner.model_id}")
-    print(f"  requests            {len(rec.requests)} (server slots {args.parallel}, "
-          f"threads {args.threads or 'all'}, client concurrency {inner.max_concurrency})")
+    print(f"  requests            {len(rec.requests)} finished, {rec.cancelled} cancelled "
+          f"(server slots {args.parallel}, threads {settings.threads}, client concurrency "
+          f"{inner.max_concurrency}, speculative answers "
+          f"{'on' if args.speculative_answer else 'off'})")
     print(f"  wall                {wall:.1f} s")
     print(f"  children            {summary['total']['attempted']} attempted, {kept} kept, "
           f"eliminated {summary['total']['eliminated']}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -294,3 +295,33 @@ def test_a_failed_input_is_rejected_with_the_reason_not_done_and_retried_by_a_re
     assert (res.processed, res.skipped, res.failed) == (1, 2, 0)
     assert sorted(r["id"] for r in run.kept()) == ["a", "b", "c"]
     assert list(run.dropped()) == []
+
+
+def test_a_call_shared_with_a_cancelled_caller_is_made_by_the_one_still_waiting():
+    from instructforge.engine import Context
+    from instructforge.llm import LLM, Completion, SamplingParams
+
+    class FirstHangs(LLM):
+        model_id = "first-hangs"
+        calls = 0
+
+        async def chat(self, messages, params):
+            self.calls += 1
+            if self.calls == 1:
+                await asyncio.Event().wait()  # ends only by being cancelled
+            return Completion("made again", "stop", model=self.model_id)
+
+        async def complete(self, text, params):  # pragma: no cover - chats only
+            raise NotImplementedError
+
+    async def scenario():
+        ctx, llm, msg = Context(None), FirstHangs(), [{"role": "user", "content": "q"}]
+        owner = asyncio.create_task(ctx.chat(llm, msg, SamplingParams(), step="s"))
+        await asyncio.sleep(0)
+        sharer = asyncio.create_task(ctx.chat(llm, msg, SamplingParams(), step="s"))
+        await asyncio.sleep(0)
+        owner.cancel()  # e.g. a speculative answer thrown away
+        # Before, the sharer waited forever on the abandoned call (the guard ends the test).
+        return (await asyncio.wait_for(sharer, 10)).text, llm.calls
+
+    assert asyncio.run(scenario()) == ("made again", 2)

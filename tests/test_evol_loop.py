@@ -3,6 +3,7 @@ loop, reproducibility, resume and the summary."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from pathlib import Path
@@ -395,3 +396,61 @@ def test_more_rounds_in_a_new_run_replay_the_old_rounds_from_a_shared_cache(tmp_
     assert roles[:3] == ["evolve", "judge", "instruction_judge"]
     assert roles[3:] in (["task_judge", "respond"], ["respond"])
     assert sorted(by_id(rd.kept())) == ["s1-r1", "s1-r2", "s1-r3"]
+
+
+# --- speculative answers (local servers only) -----------------------------------------------
+
+
+class LocalScripted(ScriptedLLM):
+    """A scripted server on this machine: the judge takes a few loop turns to answer, and an
+    answer to a child in ``hang`` never comes (it can only end by being cancelled)."""
+
+    def __init__(self, *a, hang: tuple[str, ...] = (), **kw) -> None:
+        super().__init__(*a, **kw)
+        self.hang = hang
+        self.cancelled: list[str] = []
+
+    def is_local(self) -> bool:
+        return True
+
+    async def chat(self, messages, params: SamplingParams) -> Completion:
+        prompt = messages[-1]["content"]
+        if self.role(prompt) == "judge":
+            for _ in range(5):
+                await asyncio.sleep(0)
+        elif self.role(prompt) == "respond" and prompt in self.hang:
+            self.calls.append(("respond", prompt))
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                self.cancelled.append(prompt)
+                raise
+        return await super().chat(messages, params)
+
+
+def test_a_local_answer_starts_with_the_judge_and_is_dropped_when_the_child_fails(tmp_path):
+    llm = LocalScripted(judge_reply={"Name a fruit. +1": "Equal"}, hang=("Name a fruit. +1",))
+    rec = by_id(run(tmp_path, llm, rounds=1).dropped())["s1-r1"]
+    assert llm.count("respond") == 1  # started beside the judge...
+    assert llm.cancelled == ["Name a fruit. +1"]  # ...and cancelled when it said Equal
+    assert rec["rejection"]["rule"] == "no_information_gain"
+    assert [m["role"] for m in rec["messages"]] == ["user"]
+    assert "respond" not in rec["metadata"]["usage"]
+
+
+def test_speculative_answers_change_no_record(tmp_path):
+    judged = {"Name a fruit. +1": "Equal"}
+    remote, local = ScriptedLLM(judge_reply=judged), LocalScripted(judge_reply=judged)
+    a, b = run(tmp_path, remote, run_name="remote"), run(tmp_path, local, run_name="local")
+    assert list(a.kept()) == list(b.kept()) and list(a.dropped()) == list(b.dropped())
+    assert local.count("respond") == remote.count("respond") + 1  # the one thrown away
+
+
+@pytest.mark.parametrize("llm, option", [(ScriptedLLM(judge_reply={"Name a fruit. +1": "Equal"}),
+                                          True),
+                                         (LocalScripted(judge_reply={"Name a fruit. +1": "Equal"}),
+                                          False)])
+def test_no_answer_is_started_early_for_a_remote_server_or_when_switched_off(tmp_path, llm,
+                                                                             option):
+    run(tmp_path, llm, rounds=1, speculative_answer=option)
+    assert llm.count("respond") == 0

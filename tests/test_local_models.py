@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import re
 import threading
 import time
 import uuid
@@ -16,7 +17,7 @@ from typer.testing import CliRunner
 
 import instructforge.llm as llm_pkg
 from instructforge.cli import app, common
-from instructforge.llm import LLMError, SamplingParams, local_models, make_llm
+from instructforge.llm import LLMError, SamplingParams, embedded, local_models, make_llm
 from instructforge.llm.local_models import QWEN25_CODER_1_5B, SMOLLM2, LocalModel
 
 CHUNKS = [b"GGUF" + b"a" * 96, b"b" * 100, b"c" * 37]
@@ -264,3 +265,32 @@ def test_qwen_answers_a_chat_request_over_http(monkeypatch):
         SamplingParams(temperature=0, max_tokens=8)))
     assert "42" in out.text
     assert out.prompt_tokens > 0 and out.completion_tokens > 0
+
+
+# --- the embedded server's threads ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [None, "", "auto", " AUTO "])
+def test_threads_default_to_every_core_but_one(monkeypatch, value):
+    if value is None:
+        monkeypatch.delenv(embedded.THREADS_ENV, raising=False)
+    else:
+        monkeypatch.setenv(embedded.THREADS_ENV, value)
+    monkeypatch.setattr(embedded, "cores", lambda: 4)
+    assert embedded.ServerSettings().threads == 3
+    monkeypatch.setattr(embedded, "cores", lambda: 1)
+    assert embedded.ServerSettings().threads == 1  # never 0 threads
+
+
+@pytest.mark.parametrize("value, threads", [("1", 1), ("6", 6), ("0", 4)])
+def test_threads_env_sets_a_number_or_every_core(monkeypatch, value, threads):
+    monkeypatch.setenv(embedded.THREADS_ENV, value)
+    monkeypatch.setattr(embedded, "cores", lambda: 4)
+    assert embedded.ServerSettings().threads == threads
+
+
+@pytest.mark.parametrize("value", ["two", "-1", "1.5"])
+def test_a_bad_threads_env_is_named_in_the_error(monkeypatch, value):
+    monkeypatch.setenv(embedded.THREADS_ENV, value)
+    with pytest.raises(LLMError, match=rf"INSTRUCTFORGE_LLAMA_THREADS='{re.escape(value)}'.*'auto'"):
+        embedded.ServerSettings()

@@ -200,3 +200,13 @@ def test_default_timeouts_bound_one_call_to_minutes():
 def test_bad_retry_settings_are_refused(bad):
     with pytest.raises(LLMError, match=next(iter(bad))):
         OpenAICompatible("http://127.0.0.1:1/v1", "m", **bad)
+
+
+@pytest.mark.parametrize("url, local", [("http://127.0.0.1:8000/v1", True),
+                                        ("http://localhost:8080/v1", True),
+                                        ("http://[::1]:8000/v1", True),
+                                        ("https://api.example.com/v1", False),
+                                        ("http://10.0.0.5:8000/v1", False)])
+def test_only_a_loopback_server_counts_as_local(url, local):
+    # Work that may be thrown away (speculative answers) is started on local servers only.
+    assert OpenAICompatible(url, "m").is_local() is local

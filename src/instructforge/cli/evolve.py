@@ -150,6 +150,12 @@ def evolve_cmd(
     top_p: Annotated[float, typer.Option("--top-p", max=1.0, callback=positive,
                                          help="Nucleus sampling (> 0).")] = 1.0,
     concurrency: Annotated[int, typer.Option(min=1, help="Seed chains in flight.")] = 64,
+    speculative_answer: Annotated[
+        bool, typer.Option("--speculative-answer/--no-speculative-answer",
+                           help="Start a child's answer while the judge runs and drop it if "
+                           "the child is eliminated: local response servers only (embedded, "
+                           "127.0.0.1), never paid endpoints. Records are the same either way.")
+    ] = True,
     column: ColumnOpt = "instruction",
     limit: LimitOpt = None,
     skip_invalid: SkipInvalidOpt = False,
@@ -197,6 +203,7 @@ def evolve_cmd(
         skip_invalid=skip_invalid,
         limit=limit,
         concurrency=in_flight(concurrency, batch),
+        speculative_answer=speculative_answer,
         shared_cache=shared_cache,
         executor=executor,
         shards=shards,

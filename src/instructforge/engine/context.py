@@ -146,7 +146,15 @@ class Context:
         pending = self._pending.get(key)
         if pending is not None:  # the same request is already on its way: share it
             u.cached += 1
-            return await asyncio.shield(pending)
+            try:
+                return await asyncio.shield(pending)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if not pending.cancelled() or (task is not None and task.cancelling()):
+                    raise
+                # The caller that made it gave it up (a discarded speculative call): make it.
+                u.cached -= 1
+                return await self._call(llm, kind, prompt, params, step)
         most = 0.0
         if self.budget is not None and llm.price is not None:
             most = llm.price.cost(approx_tokens(prompt), params.max_tokens)
@@ -168,6 +176,9 @@ class Context:
             e.model = e.model or llm.model_id
             fut.set_exception(e)
             fut.exception()  # mark retrieved: waiters re-raise it themselves
+            raise
+        except BaseException:  # cancelled: a waiter makes the call itself
+            fut.cancel()
             raise
         else:
             if llm.price is not None:

@@ -49,6 +49,7 @@ RUN_OPTIONS = frozenset({
     "concurrency", "max_concurrency", "timeout", "limit", "n", "shared_cache", "skip_invalid",
     "executor", "shards", "base_url", "progress", "max_retries", "connect_timeout",
     "price", "max_cost", "rpm", "tpm", "batch", "batch_requests", "batch_window", "batch_poll",
+    "speculative_answer",
 })
 
 

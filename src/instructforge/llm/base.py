@@ -194,6 +194,12 @@ class LLM(ABC):
         Default: nothing to check."""
         return self.model or self.model_id
 
+    def is_local(self) -> bool:
+        """Whether calls cost only this machine's time (an embedded or in-process model, a
+        server on a loopback address), so work that may be thrown away is free to start.
+        Default: no (a remote server may bill every token)."""
+        return False
+
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release connections / processes."""
 
@@ -249,6 +255,9 @@ class WrappedLLM(LLM):
 
     async def resolve_model(self) -> str:
         return await self.inner.resolve_model()
+
+    def is_local(self) -> bool:
+        return self.inner.is_local()
 
     async def aclose(self) -> None:
         await self.inner.aclose()

@@ -39,19 +39,58 @@ def default_model_path() -> Path:
     return local_models.model_path(local_models.SMOLLM2)
 
 
-def _default_threads() -> int:
-    # llama.cpp's threads meet at a barrier every layer: when another busy process takes one
-    # of them off its core, generation slows by orders of magnitude (measured here: 64 tokens
-    # in 1.4 s with 1 thread, none in 60 s with 2, beside one other busy server on 2 cores).
-    # All cores is fastest on a dedicated machine; set this to 1 on a shared or busy one.
-    return int(os.environ.get("INSTRUCTFORGE_LLAMA_THREADS", "0"))
+THREADS_ENV = "INSTRUCTFORGE_LLAMA_THREADS"
+
+
+def cores() -> int:
+    """The CPU cores this process may run on (its affinity set where the OS tells)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def auto_threads(n_cores: int | None = None) -> int:
+    """The ``auto`` thread count: every core but one, at least one.
+
+    llama.cpp's threads meet at a barrier every layer, so when a busy neighbour takes one
+    of them off its core the whole server waits (measured on 2 cores beside one busy
+    process: no 64-token answer in 60 s with 2 threads, 1.4 s with 1; see the threads
+    section of docs/benchmarks.md). Leaving a core free keeps it moving.
+
+    >>> [auto_threads(n) for n in (1, 2, 4, 16)]
+    [1, 1, 3, 15]
+    """
+    n = cores() if n_cores is None else n_cores
+    return max(1, n - 1)
+
+
+def threads_from_env(value: str | None = None) -> int:
+    """The server's thread count from ``INSTRUCTFORGE_LLAMA_THREADS``: unset, empty or
+    ``auto``: :func:`auto_threads`; ``0``: every core; a positive number: that many.
+
+    >>> threads_from_env("3"), threads_from_env("0") == cores()
+    (3, True)
+    """
+    raw = os.environ.get(THREADS_ENV, "") if value is None else value
+    text = raw.strip().lower()
+    if text in ("", "auto"):
+        return auto_threads()
+    try:
+        n = int(text)
+        if n < 0:
+            raise ValueError
+    except ValueError:
+        raise LLMError(f"{THREADS_ENV}={raw!r}: give a number of threads (0: every core) "
+                       "or 'auto' (every core but one)") from None
+    return n or cores()
 
 
 @dataclass
 class ServerSettings:
     parallel: int = 8
     ctx_per_slot: int = 2048
-    threads: int = field(default_factory=_default_threads)  # 0: all cores
+    threads: int = field(default_factory=threads_from_env)
 
 
 class EmbeddedServer:
@@ -155,7 +194,9 @@ def _serve(argv: list[str] | None = None) -> None:
     ap.add_argument("model_path", nargs="?", default=None)
     ap.add_argument("--parallel", type=int, default=8, help="parallel slots (continuous batching)")
     ap.add_argument("--ctx-per-slot", type=int, default=2048, help="context tokens per slot")
-    ap.add_argument("--threads", type=int, default=0, help="CPU threads (0: all cores)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help=f"CPU threads (0: every core; default: {THREADS_ENV}, else every "
+                    "core but one)")
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--alias", default=None, help="model name the server reports")
     args = ap.parse_args(argv)
@@ -171,7 +212,7 @@ def _serve(argv: list[str] | None = None) -> None:
     p.port = args.port
     p.verbosity = 0
     p.cont_batching = True
-    threads = args.threads or os.cpu_count() or 2
+    threads = threads_from_env() if args.threads is None else args.threads or cores()
     p.cpuparams.n_threads = threads
     p.cpuparams_batch.n_threads = threads
     server = xllamacpp.Server(p)

@@ -26,6 +26,7 @@ import random
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -622,6 +623,12 @@ class OpenAICompatible(LLM):
             return None
         template = data.get("chat_template") if isinstance(data, dict) else None
         return template if isinstance(template, str) else None
+
+    def is_local(self) -> bool:
+        """Whether the server is on this machine (a loopback address: the embedded server,
+        a local llama.cpp or vLLM)."""
+        host = urlsplit(self._base).hostname or ""
+        return host == "localhost" or host == "::1" or host.startswith("127.")
 
     async def aclose(self) -> None:
         if self._client is not None and self._loop is asyncio.get_running_loop():

@@ -289,6 +289,9 @@ class VLLM(LLM):
         """Nothing is bound to the caller's loop: the engine runs on its own, so the model
         stays loaded for the next caller (Magpie's template check, then its job)."""
 
+    def is_local(self) -> bool:
+        return True  # an engine in this process
+
     async def aclose(self) -> None:
         """Shut the engine down and free the GPU (a later call loads the model again)."""
         with self._lock:

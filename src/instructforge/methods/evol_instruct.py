@@ -22,12 +22,13 @@ folder the user names.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import random
 import re
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -220,6 +221,10 @@ class EvolConfig:
     skip_invalid: bool = False
     limit: int | None = None
     concurrency: int = 64
+    # Start a child's answer while the judge decides whether to keep it, and throw the
+    # answer away when the child is eliminated: on a local response server only (embedded,
+    # loopback, in-process), never where tokens are paid for. Records are the same either way.
+    speculative_answer: bool = True
     shared_cache: str | None = None
     executor: str = "local"  # or "ray": seed chains sharded over a Ray cluster
     shards: int | None = None
@@ -291,6 +296,7 @@ class EvolChain:
         self.models = models
         self.ops = load_operations(cfg.ops_dir)
         self.names, self.weights = select_operations(self.ops, cfg.operations, cfg.weights)
+        self.speculate = cfg.speculative_answer and models.response.is_local()
 
     async def __call__(self, seed: Record, ctx: Context) -> list[Record]:
         cfg = self.cfg
@@ -370,20 +376,38 @@ class EvolChain:
             },
         )
 
-        truncated = evo.finish_reason == "length"
-        findings = await el.check_instruction(
-            parent.text, text, self._judge(ctx, usage), cfg.elimination,
-            normalisations=normalisations, truncated=truncated, operation=op,
-        )
-        failure = el.first_fired(findings)
-        if failure is None:
-            # Response generation, then the two response rules.
-            reply = await ctx.chat(
+        def respond() -> Awaitable[Completion]:
+            return ctx.chat(
                 models.response,
                 [{"role": "user", "content": text}],
                 cfg.response_params().replace(seed=stable_seed(cfg.seed, child_id, "respond")),
                 step="respond",
             )
+
+        # With speculative answers, the answer starts with the first judge call (the cheap
+        # rules have passed by then) and is cancelled if the child is eliminated.
+        early: list[asyncio.Future[Completion]] = []
+
+        def start_answer() -> None:
+            if not early:
+                early.append(asyncio.ensure_future(respond()))
+
+        start = start_answer if self.speculate else None
+        try:
+            findings = await el.check_instruction(
+                parent.text, text, self._judge(ctx, usage, start), cfg.elimination,
+                normalisations=normalisations, truncated=evo.finish_reason == "length",
+                operation=op,
+            )
+            failure = el.first_fired(findings)
+            # Response generation, then the two response rules.
+            reply = None if failure else await (early[0] if early else respond())
+        finally:
+            for t in early:
+                if not t.done():
+                    t.cancel()
+                await asyncio.gather(t, return_exceptions=True)
+        if reply is not None:
             answer = reply.text.strip()
             record["messages"].append({"role": "assistant", "content": answer})
             usage["respond"] = _usage(reply)
@@ -404,11 +428,15 @@ class EvolChain:
                             evidence=failure.evidence), False
         return record, True
 
-    def _judge(self, ctx: Context, usage: dict[str, Any]) -> el.Judge:
+    def _judge(self, ctx: Context, usage: dict[str, Any],
+               on_call: Callable[[], object] | None = None) -> el.Judge:
         """The judge as :func:`eliminate.check_instruction` asks it: greedy, constrained to
-        the question's choices; its calls' tokens add up in the child's ``usage["judge"]``."""
+        the question's choices; its calls' tokens add up in the child's ``usage["judge"]``.
+        ``on_call`` runs as each question is asked."""
 
         async def ask(prompt: str, choices: tuple[str, ...]) -> str:
+            if on_call is not None:
+                on_call()
             out = await ctx.chat(
                 self.models.judge,
                 [{"role": "user", "content": prompt}],
