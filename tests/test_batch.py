@@ -317,3 +317,24 @@ def test_a_batch_failed_as_a_whole_is_retried_once_then_fails_with_its_reason(tm
         errors = json.loads((tmp_path / "twice" / "usage.json").read_text())["runs"][-1]
         assert "injected batch failure" in json.dumps(errors["errors"])
         assert errors["failed"] == 3
+
+
+def test_analyze_judges_in_batch_mode(tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"id": f"r{i}", "messages": [
+        {"role": "user", "content": f"Question {i}: why is the sky blue?"},
+        {"role": "assistant", "content": "Because of Rayleigh scattering."}]}) + "\n"
+        for i in range(5)))
+    with DevServer(answer="good", batch_polls=1) as srv:
+        res = runner.invoke(app, ["analyze", str(data), "-o", str(tmp_path / "a"),
+                                  "--no-embeddings", "--no-report", "--no-progress",
+                                  "--judge", "dev", "--base-url", srv.url, "--ratings",
+                                  "quality", "--no-tags", "--batch", *FAST])
+        assert res.exit_code == 0, res.output
+        assert srv.batches  # the verdicts came through the Batch API ...
+        assert sum(srv.submitted.values()) == 5  # ... one line per record, each once
+        assert srv.requests < 5 + len(srv.batches) * 6  # not one HTTP call per record
+    metrics = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert metrics["ratings"]["quality"]["counts"]["good"] == 5
+    journal = tmp_path / "a" / "judge" / "batches.jsonl"
+    assert journal.exists() and journal.read_text().strip()

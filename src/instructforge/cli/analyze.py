@@ -23,15 +23,22 @@ from instructforge.analysis.ratings import RATINGS
 from instructforge.cli.common import (
     ApiKeyOpt,
     BaseUrlOpt,
+    BatchOpt,
+    BatchPollOpt,
+    BatchWindowOpt,
     ConfigOpt,
     DryRunOpt,
     MaxConcurrencyOpt,
     ModelPathOpt,
+    PriceOpt,
     ProgressOpt,
+    RpmOpt,
     TimeoutOpt,
+    TpmOpt,
     app,
     console,
     handle_errors,
+    in_flight,
     out,
     print_error,
     print_plan,
@@ -131,12 +138,16 @@ def _analysis_errors(fn: F) -> F:
 
 def _judge_llm(spec: str | None, base_url: str | None, api_key: str | None,
                model_path: str | None, max_concurrency: int | None,
-               timeout: float | None) -> LLM | None:
+               timeout: float | None, journal: Path | None = None,
+               **paid: Any) -> LLM | None:
+    """The judge backend; ``paid``: price, rpm, tpm and batch settings (``journal`` records
+    batches: the analysis folder's ``judge/batches.jsonl``)."""
     if spec is None:
         return None
     from instructforge.llm.config import ModelConfig
 
-    return ModelConfig(spec, base_url, model_path, max_concurrency, timeout).build(api_key)
+    return ModelConfig(spec, base_url, model_path, max_concurrency, timeout,
+                       **paid).build(api_key, journal)
 
 
 def _judge_name(spec: str | None, base_url: str | None) -> str | None:
@@ -188,6 +199,12 @@ def analyze_cmd(
     model_path: ModelPathOpt = None,
     max_concurrency: MaxConcurrencyOpt = None,
     timeout: TimeoutOpt = None,
+    price: PriceOpt = None,
+    rpm: RpmOpt = None,
+    tpm: TpmOpt = None,
+    batch: BatchOpt = False,
+    batch_poll: BatchPollOpt = 30.0,
+    batch_window: BatchWindowOpt = 2.0,
     ratings: Annotated[
         str, typer.Option("--ratings", help=f"Judge ratings to ask for, comma-separated "
                           f"({', '.join(RATINGS)}); '' for none.")
@@ -222,7 +239,7 @@ def analyze_cmd(
         embedding_threshold=_renamed(embedding_threshold, duplicate_threshold,
                                      "--duplicate-threshold", "--embedding-threshold"),
         judge=JudgeConfig(ratings=_split(ratings), tags=tags, max_tokens=judge_max_tokens,
-                          concurrency=judge_concurrency),
+                          concurrency=in_flight(judge_concurrency, batch)),
         judge_limit=judge_limit, report=report, seed=seed,
     )
     if projection not in ("tsne", "umap", "pca"):
@@ -241,7 +258,10 @@ def analyze_cmd(
                     "judge calls max": judged * per_record,
                     "output": folder, "report": page if report else "off"})
         return
-    llm = _judge_llm(judge or model, base_url, api_key, model_path, max_concurrency, timeout)
+    llm = _judge_llm(judge or model, base_url, api_key, model_path, max_concurrency, timeout,
+                     output_paths(source, cfg.out_dir)[0] / "judge" / "batches.jsonl",
+                     price=price, rpm=rpm, tpm=tpm, batch=batch, batch_poll=batch_poll,
+                     batch_window=batch_window)
     result = analyze(source, cfg, judge_llm=llm, progress=progress,
                      log=lambda msg: console.print(f"[dim]{msg}[/dim]", highlight=False))
     _print_summary(result.metrics)
