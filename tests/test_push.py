@@ -10,7 +10,11 @@ commit endpoints, which these tests do not provide.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import socket
+import subprocess
+import sys
 
 import datasets
 import huggingface_hub
@@ -210,3 +214,20 @@ def test_a_malformed_repo_id_is_refused_before_anything(evolved, monkeypatch):
     res = runner.invoke(app, ["push", str(evolved), "tides"])
     assert res.exit_code == 2 and "OWNER/NAME" in res.output
     assert hub.pushed == []
+
+
+def test_an_unreachable_hub_exits_1_without_a_traceback(evolved, tmp_path):
+    # A real upload attempt (in a fresh process, where HF_ENDPOINT is read) to a closed port.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "HF_ENDPOINT": f"http://127.0.0.1:{port}", "HF_HOME": str(tmp_path),
+           "HF_HUB_DISABLE_TELEMETRY": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    for offline in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):  # the suite's; it would answer
+        env.pop(offline, None)  # before any connection is tried
+    proc = subprocess.run([sys.executable, "-m", "instructforge.cli", "push", str(evolved),
+                           "me/tides", "--token", "hf_x"], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr
+    assert "error: upload to me/tides failed:" in proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -178,7 +178,9 @@ def models_by_role(config: dict[str, Any]) -> list[dict[str, str]]:
         role = "model" if key == "llm" else key.removesuffix("_llm")
         if isinstance(value, dict):
             model = str(value.get("model") or "")
-            server = str(value.get("base_url") or value.get("model_path") or "embedded")
+            server = str(value.get("base_url") or value.get("model_path")
+                         or ("llama.cpp on the run's machine" if model.startswith("embedded")
+                             else "-"))
         else:
             model, server = str(value), ""
         out.append({"role": role, "model": model, "server": server})
@@ -330,10 +332,14 @@ def push_run(run: str | Path, repo_id: str, *, fmt: str = "messages", private: b
     try:
         from datasets import Dataset
         from huggingface_hub import CommitOperationAdd, HfApi
-        from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError
+        from huggingface_hub import errors as hub_errors
     except ImportError as e:
         raise PushError(f"push needs the `datasets` package ({e}); "
                         "install it with `pip install datasets`") from None
+    # The HTTP library's base error (the Hub's answers and refused connections alike), as
+    # huggingface_hub imports it.
+    transport_error: type[Exception] = getattr(hub_errors, "HTTPError",
+                                               hub_errors.HfHubHTTPError)
     with tempfile.TemporaryDirectory(prefix="instructforge-push-") as tmp:
         res = prepare(run, tmp, fmt=fmt, repo_id=repo_id, license=license, public=not private)
         with (res.folder / DATA_FILE).open(encoding="utf-8") as fh:
@@ -346,7 +352,7 @@ def push_run(run: str | Path, repo_id: str, *, fmt: str = "messages", private: b
             HfApi(token=token).create_commit(
                 repo_id, ops, repo_type="dataset",
                 commit_message="Dataset card and config.yaml (instructforge push)")
-        except (HfHubHTTPError, LocalTokenNotFoundError, OSError) as e:
+        except (transport_error, hub_errors.LocalTokenNotFoundError, OSError) as e:
             raise UploadError(f"upload to {repo_id} failed: {e}") from None
     from huggingface_hub import constants
 
