@@ -86,6 +86,20 @@ def test_a_copied_answer_is_caught_in_the_response_and_n_is_configurable(tmp_pat
     assert decontaminate(src2, tmp_path / "c", DecontaminateConfig(ngram=6, **cfg)).kept == 0
 
 
+def test_every_turn_of_a_multi_turn_chat_is_checked(tmp_path):
+    src = tmp_path / "chats.jsonl"
+    turns = [{"role": "user", "content": "Hi, can you help with maths?"},
+             {"role": "assistant", "content": "Of course."},
+             {"role": "user", "content": GSM8K[3]["question"]},
+             {"role": "assistant", "content": "60 square meters."}]
+    src.write_text(json.dumps({"id": "c", "messages": turns}) + "\n")
+    res = decontaminate(src, tmp_path / "out", DecontaminateConfig(against=("gsm8k",),
+                                                                   embeddings=False))
+    assert res.kept == 0
+    ev = _rejected(tmp_path / "out")[0]["rejection"]["evidence"]
+    assert (ev["record_field"], ev["message"], ev["index"]) == ("instruction", 2, 3)
+
+
 def test_benchmark_files_with_other_fields_and_a_short_prompt(tmp_path):
     bench = tmp_path / "bench.jsonl"
     bench.write_text(json.dumps({"q": "Name the capital city of France please", "a": "Paris"})

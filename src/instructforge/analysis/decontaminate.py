@@ -1,7 +1,7 @@
 """``decontaminate``: drop records that overlap the benchmarks a model will be evaluated on.
 
-Two checks, each of a record's instruction and response against every benchmark item's
-prompt and answer:
+Two checks of every turn of a record (user turns: "instruction"; assistant turns: "response")
+against every benchmark item's prompt and answer:
 
 - **word n-grams** (GPT-3's and datatrove's practice, n = 13 by default): texts are lower-cased,
   punctuation becomes space, and a record that shares any run of n words with a benchmark text
@@ -40,7 +40,7 @@ from instructforge.analysis.dataset import Dataset, load_dataset
 from instructforge.engine import RunDir, partial_path, write_parquet
 from instructforge.errors import InstructForgeError
 from instructforge.inputs import InputError, read_rows
-from instructforge.records import Record, instruction, rejected, response
+from instructforge.records import Record, rejected
 
 STAGE = "decontaminate"
 NGRAM = 13
@@ -162,7 +162,7 @@ def _text(value: Any) -> str:
 def ngram_matches(records: Sequence[Record], items: Sequence[BenchmarkItem], *, n: int = NGRAM
                   ) -> dict[int, dict[str, Any]]:
     """``{record index: evidence}`` for records sharing a word n-gram with a benchmark text
-    (the first match found: instruction before response).
+    (the first match found: user turns before assistant turns).
 
     >>> item = BenchmarkItem("b", "b.jsonl", 0, "one two three four five six", "", "question", None)
     >>> rec = {"id": "r", "messages": [{"role": "user", "content": "Say: ONE two, three four five six!"}]}
@@ -182,50 +182,58 @@ def ngram_matches(records: Sequence[Record], items: Sequence[BenchmarkItem], *, 
                 index.setdefault(tuple(w[start:start + size]), (k, field_name))
     found: dict[int, dict[str, Any]] = {}
     for r, rec in enumerate(records):
-        for rec_field, text in (("instruction", instruction(rec)), ("response", response(rec))):
+        for rec_field, m, text in _turns(rec):
             w = words(text)
             hit = next(((g, index[g]) for size in sorted(lengths, reverse=True)
                         for start in range(len(w) - size + 1)
                         if (g := tuple(w[start:start + size])) in index), None)
             if hit is not None:
                 gram, (k, bench_field) = hit
-                found[r] = _evidence(items[k], bench_field, rec_field, rule="benchmark_ngram",
-                                     ngram=" ".join(gram))
+                found[r] = _evidence(items[k], bench_field, rec_field, m,
+                                     rule="benchmark_ngram", ngram=" ".join(gram))
                 break
     return found
 
 
+def _turns(record: Record) -> list[tuple[str, int, str]]:
+    """``(field, message index, text)`` of every user turn ("instruction") and then every
+    assistant turn ("response"), so later turns of a multi-turn chat are checked too."""
+    msgs = [(i, m) for i, m in enumerate(record.get("messages") or []) if m.get("content")]
+    return [(name, i, m["content"]) for role, name in (("user", "instruction"),
+                                                       ("assistant", "response"))
+            for i, m in msgs if m.get("role") == role and isinstance(m["content"], str)]
+
+
 def embedding_matches(records: Sequence[Record], items: Sequence[BenchmarkItem], *,
                       threshold: float, embed_fn: EmbedFn) -> dict[int, dict[str, Any]]:
-    """``{record index: evidence}`` for records whose instruction is at least ``threshold``
-    cosine-similar to a benchmark prompt, or whose response is to a benchmark answer.
+    """``{record index: evidence}`` for records with a user turn at least ``threshold``
+    cosine-similar to a benchmark prompt, or an assistant turn to a benchmark answer.
     ``embed_fn(texts)`` returns L2-normalised vectors."""
     found: dict[int, dict[str, Any]] = {}
-    for rec_field, get, bench_field in (("instruction", instruction, "prompt"),
-                                        ("response", response, "answer")):
-        rows = [(r, t) for r, rec in enumerate(records) if r not in found and (t := get(rec))]
+    turns = [(r, *t) for r, rec in enumerate(records) for t in _turns(rec)]
+    for rec_field, bench_field in (("instruction", "prompt"), ("response", "answer")):
+        rows = [(r, m, t) for r, f, m, t in turns if f == rec_field and r not in found]
         bench = [(k, t) for k, item in enumerate(items) if (t := getattr(item, bench_field))]
         if not rows or not bench:
             continue
-        a = embed_fn([t for _, t in rows])
+        a = embed_fn([t for _, _, t in rows])
         b = embed_fn([t for _, t in bench])
         for block in range(0, len(rows), 1024):
             sims = a[block:block + 1024] @ b.T
-            best = sims.argmax(axis=1)
-            for j, col in enumerate(best):
+            for j, col in enumerate(sims.argmax(axis=1)):
                 sim = float(sims[j, col])
-                if sim >= threshold - 1e-6:
-                    r, k = rows[block + j][0], bench[col][0]
-                    found[r] = _evidence(items[k], bench_field, rec_field,
+                r, m, _ = rows[block + j]
+                if sim >= threshold - 1e-6 and r not in found:
+                    found[r] = _evidence(items[bench[col][0]], bench_field, rec_field, m,
                                          rule="benchmark_embedding", similarity=round(sim, 4))
     return found
 
 
-def _evidence(item: BenchmarkItem, bench_field: str, rec_field: str, *, rule: str,
-              **match: Any) -> dict[str, Any]:
+def _evidence(item: BenchmarkItem, bench_field: str, rec_field: str, message: int, *,
+              rule: str, **match: Any) -> dict[str, Any]:
     name = item.prompt_field if bench_field == "prompt" else item.answer_field
-    return {"rule": rule, "benchmark": item.benchmark, "file": item.file, "index": item.index, "benchmark_field": name,
-            "record_field": rec_field, **match}
+    return {"rule": rule, "benchmark": item.benchmark, "file": item.file, "index": item.index,
+            "benchmark_field": name, "record_field": rec_field, "message": message, **match}
 
 
 def decontaminate(
@@ -281,7 +289,8 @@ def decontaminate(
                else f"has cosine similarity {ev['similarity']} with")
         dropped.append(rejected(
             rec, stage=STAGE, rule=ev["rule"],
-            reason=f"its {ev['record_field']} {how} {ev['benchmark']} row {ev['index']} "
+            reason=f"its {ev['record_field']} (message {ev['message']}) {how} "
+                   f"{ev['benchmark']} row {ev['index']} "
                    f"({ev['benchmark_field']})",
             evidence={k: v for k, v in ev.items() if k != "rule"}))
 
