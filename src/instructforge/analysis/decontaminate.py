@@ -41,6 +41,7 @@ from instructforge.engine import RunDir, partial_path, write_parquet
 from instructforge.errors import InstructForgeError
 from instructforge.inputs import InputError, read_rows
 from instructforge.records import Record, rejected
+from instructforge.tuning.eval import BUILTIN_DATA
 
 STAGE = "decontaminate"
 NGRAM = 13
@@ -48,9 +49,8 @@ MIN_WORDS = 5
 EMBEDDING_THRESHOLD = 0.9
 PROMPT_FIELDS = ("question", "prompt", "instruction")
 ANSWER_FIELDS = ("answer", "canonical_solution", "response")
-_DATA = Path(__file__).parent.parent / "data"
-# The eval sets ``instructforge eval`` uses by default (tuning/eval.py reads the same files).
-BUILTIN = {"gsm8k": _DATA / "gsm8k_sample.jsonl", "code": _DATA / "code_sample.jsonl"}
+# The built-in eval sets of ``instructforge eval`` that have answers (pairwise has none).
+BUILTIN = {task: BUILTIN_DATA[task] for task in ("gsm8k", "code")}
 _WORD = re.compile(r"[^\W_]+")
 
 EmbedFn = Callable[[Sequence[str]], np.ndarray]
