@@ -29,6 +29,7 @@ BASE_ARGS: dict[str, list[str]] = {
     "train": ["missing-run", "-o", "model"],
     "eval": ["-o", "ev", "--data", "missing.jsonl"],
     "rerun": ["run"],
+    "decontaminate": ["missing-run", "--against", "gsm8k", "-o", "out"],
 }
 # Any integer is a valid seed for the commands that derive per-request seeds from it.
 UNBOUNDED = {("respond", "seed"), ("evolve", "seed"), ("auto-evol", "seed"), ("magpie", "seed")}

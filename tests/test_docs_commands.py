@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 # Commands whose --dry-run validates inputs and options and calls nothing.
 DRY_RUN = {"respond", "evolve", "auto-evol", "magpie", "analyze", "filter", "train", "eval",
-           "experiment"}
+           "experiment", "decontaminate"}
 # Arguments of a synopsis rather than a command to run.
 PLACEHOLDER = re.compile(r"^\[|^[A-Z][A-Z_]+$|\.\.\.")
 
@@ -89,11 +89,16 @@ def _prepare(args: list[str]) -> None:
     source = Path(positional[0]) if positional else None
     if name in ("respond", "evolve", "auto-evol") and source and not source.exists():
         _seed_file(source)
-    if name in ("analyze", "filter", "train") and source and not source.exists():
+    if name in ("analyze", "filter", "train", "decontaminate") and source and not source.exists():
         if source.suffix in (".json", ".jsonl"):
             _seed_file(source)
         else:
             _run_dir(source)
+    for i, arg in enumerate(rest[:-1]):  # decontaminate's benchmark files
+        bench = Path(rest[i + 1])
+        if arg == "--against" and bench.suffix == ".jsonl" and not bench.exists():
+            bench.parent.mkdir(parents=True, exist_ok=True)
+            bench.write_text(json.dumps({"question": "What is 2 + 2?", "answer": "4"}) + "\n")
     if "--ops-dir" in rest:
         folder = Path(rest[rest.index("--ops-dir") + 1])
         folder.mkdir(parents=True, exist_ok=True)

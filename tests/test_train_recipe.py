@@ -15,7 +15,18 @@ RECIPE = Path(__file__).parent.parent / "examples" / "seeds-vs-evolved.yaml"
 
 def test_recipe_runs_the_papers_experiment_in_order():
     names = [s.command for s in load_recipe(RECIPE)]
-    assert names == ["respond", "evolve", "train", "train", "eval", "eval", "eval"]
+    assert names == ["respond", "evolve", "decontaminate", "decontaminate", "train", "train",
+                     "eval", "eval", "eval"]
+
+
+def test_the_models_train_on_data_decontaminated_against_the_eval_sets():
+    steps = {s.name: s.args for s in load_recipe(RECIPE, {"workdir": "w"})}
+    evals = {steps[f"eval-{t}"][steps[f"eval-{t}"].index("--task") + 1] for t in ("gsm8k", "code")}
+    for run in ("seeds", "evolved"):
+        args = steps[f"decontaminate-{run}"]
+        assert args[0] == f"w/{run}"
+        assert {args[i + 1] for i, a in enumerate(args) if a == "--against"} == evals
+        assert steps[f"train-{run}"][0] == args[args.index("-o") + 1] == f"w/{run}-clean"
 
 
 def test_every_step_parses_as_a_command_line():
@@ -29,7 +40,7 @@ def test_every_step_parses_as_a_command_line():
 def test_vars_are_filled_and_can_be_overridden():
     steps = load_recipe(RECIPE, {"workdir": "w", "max_steps": "4"})
     train = next(s for s in steps if s.name == "train-evolved")
-    assert train.args[:4] == ["w/evolved", "--base-model", "embedded", "-o"]
+    assert train.args[:4] == ["w/evolved-clean", "--base-model", "embedded", "-o"]
     assert train.args[train.args.index("--max-steps") + 1] == "4"
 
 
@@ -49,7 +60,7 @@ def test_dry_run_prints_and_runs_nothing(tmp_path):
     lines: list[str] = []
     steps = run_experiment(RECIPE, overrides={"workdir": str(tmp_path / "w")}, dry_run=True,
                            echo=lines.append)
-    assert len(lines) == len(steps) == 7
+    assert len(lines) == len(steps) == 9
     assert not (tmp_path / "w").exists()
 
 

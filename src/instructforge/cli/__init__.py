@@ -9,6 +9,7 @@ __all__ = ["app"]
 from instructforge.cli import (  # noqa: E402,F401
     analyze,
     auto_evol,
+    decontaminate,
     eval,
     evolve,
     export,
