@@ -16,5 +16,6 @@ from instructforge.cli import (  # noqa: E402,F401
     models,
     rerun,
     respond,
+    select,
     train,
 )
