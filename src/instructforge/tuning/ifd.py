@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+
 from instructforge.prompt_files import prompts_dir
 from instructforge.tuning import train_extra_missing
 from instructforge.tuning.train import TrainError, ensure_chat_template, resolve_base_model
