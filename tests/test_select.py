@@ -63,8 +63,19 @@ def test_misaligned_records_are_dropped_and_the_rest_ranked_by_ifd(tmp_path):
     assert rej["r2"]["rule"] == "ifd_misaligned" and rej["r2"]["evidence"]["rank"] is None
     assert rej["r3"]["rule"] == "ifd_below_top" and rej["r3"]["evidence"]["rank"] == 3
     assert (res.kept, res.below_cut, res.misaligned) == (2, 1, 1)
+    assert "1 misaligned (IFD >= 1)" in res.summary()
     assert (tmp_path / "out" / "data" / "records.parquet").exists()
     assert not (tmp_path / "out.partial").exists()
+
+
+def test_ic_ifd_is_named_as_such_in_scores_rules_and_summary(tmp_path):
+    run = make_run(tmp_path, [("a", "x"), ("b", "x")])
+    res = select_dataset(run, tmp_path / "out", SelectConfig(top="1", ic_ifd=True),
+                         loss_fn=fake_losses({"a": (0.5, 1.0), "b": (2.0, 1.0)}))
+    kept = read(tmp_path / "out" / "data" / "records.jsonl")
+    assert kept[0]["metadata"]["selection"]["by"] == "ic_ifd"
+    assert read(tmp_path / "out" / "rejected.jsonl")[0]["rejection"]["rule"] == "ic_ifd_misaligned"
+    assert "1 misaligned (IC_IFD >= 1)" in res.summary()
 
 
 def test_a_share_keeps_that_part_of_all_records_rounded_up(tmp_path):
@@ -166,3 +177,22 @@ def test_ic_ifd_takes_the_alone_loss_after_the_in_context_prefix(scorer):
     assert inctx[0] == pytest.approx(plain[0], rel=1e-4)  # the same instruction-given loss
     assert inctx[1] != pytest.approx(plain[1], rel=1e-3)  # a different response-alone loss
     assert inctx[0] / inctx[1] < 1
+
+
+# ---------------------------------------------------------------------------- the recipe
+
+
+def test_the_ifd_recipe_trains_on_the_selected_subset_and_every_step_parses():
+    import typer as _typer
+
+    from instructforge.tuning.experiment import load_recipe
+
+    recipe = Path(__file__).parent.parent / "examples" / "all-vs-ifd-selected.yaml"
+    steps = load_recipe(recipe, {"workdir": "w"})
+    assert [s.command for s in steps] == ["evolve", "select", "train", "train", "eval", "eval"]
+    select = next(s for s in steps if s.command == "select")
+    train = next(s for s in steps if s.name == "train-selected")
+    assert train.args[0] == select.args[select.args.index("-o") + 1] == "w/selected"
+    group = _typer.main.get_command(app)
+    for step in steps:
+        assert group.commands[step.command].make_context(step.command, list(step.args)).params

@@ -160,7 +160,8 @@ class SelectResult:
     scored: int
 
     def summary(self) -> str:
-        mis = f", {self.misaligned} misaligned (IFD >= 1)" if self.by == "ifd" else ""
+        mis = (f", {self.misaligned} misaligned ({self.by.upper()} >= 1)"
+               if self.by in ("ifd", "ic_ifd") else "")
         return (f"{self.kept} of {self.scored} kept by {self.by}; rejected {self.below_cut} "
                 f"below the cut{mis} -> {self.run_dir}")
 
@@ -224,7 +225,7 @@ def select_dataset(
             for i in kept_ids]
     n_kept = len(kept_ids)
     dropped = [rejected(by_id[i], stage=STAGE, rule=f"{by_name}_below_top",
-                        reason=f"{by_name} {scores[i]:.4g} ranks {ranks[i]} of {len(ranks)}, "
+                        reason=f"{by_name} {scores[i]:.4g} ranks {ranks[i]} of the {len(ranks)} ranked, "
                                f"below the top {n_kept} (--top {cfg.top})", evidence=info(i))
                for i in below]
     dropped += [rejected(by_id[i], stage=STAGE, rule=f"{by_name}_misaligned",

@@ -59,7 +59,7 @@ class IFDScorer:
         if ensure_chat_template(self.tok):
             raise TrainError(f"{path}: the model has no chat template; IFD scores the response "
                              "after the instruction in the student's own chat format")
-        self.model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.float32)
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
         self.model.to(device).eval()
         self.device = device
         self.batch_size = batch_size
