@@ -18,5 +18,6 @@ from instructforge.cli import (  # noqa: E402,F401
     push,
     rerun,
     respond,
+    select,
     train,
 )

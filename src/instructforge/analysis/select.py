@@ -1,0 +1,256 @@
+"""``select``: keep the most useful records of a run by a score, into a new run directory.
+
+Scores (``--by``):
+
+- ``ifd``: Instruction-Following Difficulty (Li et al. 2023, "From Quantity to Quality"),
+  ``loss(response | instruction) / loss(response alone)`` under a student causal LM
+  (see :mod:`instructforge.tuning.ifd`). A record whose IFD is >= 1 is *misaligned* (the
+  instruction does not help predict the response) and is dropped first, whatever ``top``
+  says; the rest are ranked from the highest IFD (hardest to follow, most to learn) down.
+  ``ic_ifd=True`` scores IC-IFD instead (see :mod:`instructforge.tuning.ifd`).
+- ``quality`` / ``difficulty``: the judge's rating score from ``analyze`` (in the records'
+  ``metadata.analysis`` or the source's judge run), highest first.
+- ``reward``: a number in ``metadata.reward`` (or ``metadata.reward.score``), highest first.
+
+Ties keep file order. Kept records carry ``metadata.selection = {"by", "score", "rank"}``
+(and for IFD the two losses); records below the cut go to ``rejected.jsonl`` with the same
+fields in the rejection's evidence. The new run is built in ``OUT.partial`` and renamed.
+
+>>> parse_top("25%"), parse_top("100")
+((0.25, None), (None, 100))
+>>> cut(10, (0.25, None)), cut(10, (None, 100))
+(3, 10)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from instructforge.analysis.analyze import output_paths
+from instructforge.analysis.dataset import Dataset, load_dataset
+from instructforge.analysis.judge import read_verdicts, verdict_from_metadata
+from instructforge.engine import RunDir, partial_path, write_parquet
+from instructforge.errors import InstructForgeError
+from instructforge.records import Record, instruction, rejected, response
+
+SCORES = ("ifd", "quality", "difficulty", "reward")
+STAGE = "select"
+
+# ``ifd_fn(pairs) -> [(loss given the instruction, loss alone), ...]`` for (instruction,
+# response) pairs; the default is instructforge.tuning.ifd.IFDScorer (tests pass a fake).
+LossFn = Callable[[Sequence[tuple[str, str]]], list[tuple[float, float]]]
+
+
+class SelectError(InstructForgeError, ValueError):
+    """``select`` cannot run as asked (bad --top, missing scores, output exists)."""
+
+
+@dataclass
+class SelectConfig:
+    """What ``select_dataset`` scores and how many records it keeps."""
+
+    by: str = "ifd"
+    top: str = "25%"  # "N%" of the records, or a count N
+    ic_ifd: bool = False
+    model: str = "embedded"  # the student for IFD: a HF model folder, a .gguf, 'embedded'
+    batch_size: int = 8
+    max_tokens: int = 1024  # longer instruction/response token lists are cut to this
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        if self.by not in SCORES:
+            raise SelectError(f"--by must be one of {list(SCORES)}, got {self.by!r}")
+        parse_top(self.top)
+        if self.ic_ifd and self.by != "ifd":
+            raise SelectError("--ic-ifd applies to --by ifd only")
+
+
+def parse_top(top: str) -> tuple[float | None, int | None]:
+    """``("25%" -> (0.25, None))``, ``("100" -> (None, 100))``; a clear error otherwise."""
+    text = str(top).strip()
+    try:
+        if text.endswith("%"):
+            share = float(text[:-1]) / 100
+            if not 0 < share <= 1:
+                raise ValueError
+            return share, None
+        n = int(text)
+        if n < 1:
+            raise ValueError
+        return None, n
+    except ValueError:
+        raise SelectError(f"--top {top!r}: give a percentage in (0, 100] such as 25% "
+                          "or a record count such as 500") from None
+
+
+def cut(n_records: int, top: tuple[float | None, int | None]) -> int:
+    """How many of ``n_records`` ranked records ``top`` keeps (a share rounds up)."""
+    share, count = top
+    if share is not None:
+        return min(n_records, math.ceil(share * n_records))
+    return min(n_records, count or 0)
+
+
+def rating_scores(ds: Dataset, kind: str) -> dict[str, float]:
+    """Each record's ``kind`` rating score from metadata or the source's judge run; a clear
+    error naming a record without one."""
+    verdicts = read_verdicts(output_paths(ds.source)[0] / "judge")
+    verdicts.update({r["id"]: v for r in ds.records if (v := verdict_from_metadata(r)) is not None})
+    scores = {}
+    for r in ds.records:
+        rating = ((verdicts.get(r["id"]) or {}).get("ratings") or {}).get(kind)
+        if not rating or rating.get("status") != "ok" or rating.get("score") is None:
+            raise SelectError(
+                f"{ds.source}: record {r['id']!r} has no readable {kind} rating; run "
+                f"`instructforge analyze {ds.source} --judge MODEL --ratings {kind}` first "
+                "(or `filter` the unrated ones out)")
+        scores[r["id"]] = float(rating["score"])
+    return scores
+
+
+def reward_scores(ds: Dataset) -> dict[str, float]:
+    """``metadata.reward`` (a number, or an object with ``score``) of every record."""
+    scores = {}
+    for r in ds.records:
+        value = (r.get("metadata") or {}).get("reward")
+        if isinstance(value, dict):
+            value = value.get("score")
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise SelectError(
+                f"{ds.source}: record {r['id']!r} has no reward score (a number in "
+                "metadata.reward or metadata.reward.score); --by reward needs one on "
+                "every record, so use --by ifd, quality or difficulty instead")
+        scores[r["id"]] = float(value)
+    return scores
+
+
+def ifd_scores(ds: Dataset, cfg: SelectConfig, loss_fn: LossFn | None = None) -> dict[str, dict[str, float]]:
+    """``{id: {"score", "loss_given_instruction", "loss_alone"}}`` for every record."""
+    pairs = [(instruction(r), response(r)) for r in ds.records]
+    for r, (ins, res) in zip(ds.records, pairs, strict=True):
+        if not ins or not res:
+            raise SelectError(f"{ds.source}: record {r['id']!r} has no "
+                              f"{'instruction' if not ins else 'response'}; IFD needs both")
+    if loss_fn is None:
+        from instructforge.tuning.ifd import IFDScorer
+
+        loss_fn = IFDScorer(cfg.model, batch_size=cfg.batch_size, max_tokens=cfg.max_tokens,
+                            in_context=cfg.ic_ifd)
+    losses = loss_fn(pairs)
+    return {r["id"]: {"score": given / alone if alone > 0 else math.inf,
+                      "loss_given_instruction": given, "loss_alone": alone}
+            for r, (given, alone) in zip(ds.records, losses, strict=True)}
+
+
+@dataclass
+class SelectResult:
+    """What ``select_dataset`` wrote."""
+
+    run_dir: Path
+    by: str
+    kept: int
+    below_cut: int
+    misaligned: int  # IFD >= 1
+    scored: int
+
+    def summary(self) -> str:
+        mis = (f", {self.misaligned} misaligned ({self.by.upper()} >= 1)"
+               if self.by in ("ifd", "ic_ifd") else "")
+        return (f"{self.kept} of {self.scored} kept by {self.by}; rejected {self.below_cut} "
+                f"below the cut{mis} -> {self.run_dir}")
+
+
+def rank(scores: dict[str, float], ids: Sequence[str], top: tuple[float | None, int | None],
+         *, misaligned_at: float | None = None) -> tuple[list[str], list[str], list[str]]:
+    """``(kept, below_cut, misaligned)`` ids: drop ids scoring >= ``misaligned_at``, rank the
+    rest by score, highest first (ties in ``ids`` order), keep the top of them.
+
+    >>> rank({"a": 0.5, "b": 0.9, "c": 1.2}, ["a", "b", "c"], (None, 1), misaligned_at=1.0)
+    (['b'], ['a'], ['c'])
+    """
+    bad = [i for i in ids if misaligned_at is not None and scores[i] >= misaligned_at]
+    ok = sorted((i for i in ids if i not in set(bad)), key=lambda i: -scores[i])
+    n = cut(len(ids), top)
+    return ok[:n], ok[n:], bad
+
+
+def select_dataset(
+    source: str | Path | Dataset,
+    out_dir: str | Path,
+    config: SelectConfig | None = None,
+    *,
+    loss_fn: LossFn | None = None,
+) -> SelectResult:
+    """Score the records of ``source`` and write the top ones to the new run ``out_dir``.
+
+    The cut is taken of *all* records (``--top 25%`` of 100 keeps at most 25), after the
+    misaligned ones are dropped for IFD.
+    """
+    cfg = config or SelectConfig()
+    top = parse_top(cfg.top)
+    ds = source if isinstance(source, Dataset) else load_dataset(source)
+    out = Path(out_dir)
+    if out.resolve() == Path(ds.source).resolve():
+        raise SelectError(f"{out}: the output must be a new run directory, not the source")
+    if out.exists() and any(out.iterdir()) and not cfg.overwrite:
+        raise SelectError(f"{out}: already exists and is not empty (use --overwrite)")
+    if not ds.records:
+        raise SelectError(f"{ds.source}: no kept records to select from")
+
+    extra: dict[str, dict[str, float]] = {}
+    if cfg.by == "ifd":
+        extra = ifd_scores(ds, cfg, loss_fn)
+        scores = {i: e["score"] for i, e in extra.items()}
+    elif cfg.by == "reward":
+        scores = reward_scores(ds)
+    else:
+        scores = rating_scores(ds, cfg.by)
+    ids = [r["id"] for r in ds.records]
+    kept_ids, below, bad = rank(scores, ids, top, misaligned_at=1.0 if cfg.by == "ifd" else None)
+    by_name = "ic_ifd" if cfg.ic_ifd else cfg.by
+    ranks = {i: n for n, i in enumerate([*kept_ids, *below], start=1)}
+
+    def info(rid: str) -> dict[str, Any]:
+        return {"by": by_name, "score": scores[rid], "rank": ranks.get(rid), **{
+            k: v for k, v in extra.get(rid, {}).items() if k != "score"}}
+
+    by_id = {r["id"]: r for r in ds.records}
+    kept = [{**by_id[i], "metadata": {**(by_id[i].get("metadata") or {}), "selection": info(i)}}
+            for i in kept_ids]
+    n_kept = len(kept_ids)
+    dropped = [rejected(by_id[i], stage=STAGE, rule=f"{by_name}_below_top",
+                        reason=f"{by_name} {scores[i]:.4g} ranks {ranks[i]} of the {len(ranks)} ranked, "
+                               f"below the top {n_kept} (--top {cfg.top})", evidence=info(i))
+               for i in below]
+    dropped += [rejected(by_id[i], stage=STAGE, rule=f"{by_name}_misaligned",
+                         reason=f"{by_name} {scores[i]:.4g} >= 1: the instruction does not "
+                                "help the model predict the response", evidence=info(i))
+                for i in bad]
+
+    staging = partial_path(out)
+    shutil.rmtree(staging, ignore_errors=True)
+    run = RunDir(staging)
+    run.data.mkdir(parents=True, exist_ok=True)
+    _write_jsonl(run.records, kept)
+    _write_jsonl(run.rejected, [*ds.rejected, *dropped])
+    run.write_config({"job": "select", "source": str(ds.source),
+                      **json.loads(json.dumps(asdict(cfg)))})
+    if ds.run_dir is not None and (ds.run_dir / "usage.json").exists():
+        shutil.copyfile(ds.run_dir / "usage.json", run.usage)
+    write_parquet(run)
+    if out.exists():
+        shutil.rmtree(out)
+    staging.rename(out)
+    return SelectResult(out, by_name, n_kept, len(below), len(bad), len(ids))
+
+
+def _write_jsonl(path: Path, records: Sequence[Record]) -> None:
+    with path.open("w", encoding="utf-8") as fh:
+        for r in records:
+            fh.write(json.dumps(r, ensure_ascii=False) + "\n")
