@@ -14,6 +14,7 @@ from instructforge.cli import (  # noqa: E402,F401
     export,
     magpie,
     models,
+    preferences,
     rerun,
     respond,
     train,
