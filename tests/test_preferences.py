@@ -13,7 +13,7 @@ from instructforge.devserver import DevServer
 from instructforge.engine import RunDir
 from instructforge.records import new_record
 
-VERDICT = json.dumps({"reason": "Answer 1 names the right city.", "best": "1", "worst": "2"})
+VERDICT = json.dumps({"analysis": "Answer 1 names the right city.", "best": "1"})
 
 
 def make_run(path, n=3):
@@ -45,6 +45,7 @@ def run_prefs(tmp_path, servers, *extra):
         "--model", f"openai:judge@{judge.url}",
         "--response-model", f"openai:good@{good.url}",
         "--response-model", f"openai:bad@{bad.url}", *extra])
+    # (-n given twice: the last wins)
     return res, out
 
 
@@ -62,7 +63,9 @@ def test_pairs_keep_the_judges_best_and_worst_with_its_reason(tmp_path, servers)
         assert r["messages"][-1] == {"role": "assistant", "content": "Paris."}
         assert "old answer" not in json.dumps(r["messages"])
     good, bad, judge = servers
-    # The judge was constrained to the answers' numbers and saw both answers.
+    # One judge call a record (with two answers the other one is the worst), constrained to
+    # the answers' numbers, and it saw both answers.
+    assert judge.served == 3
     body = judge.bodies[0]
     schema = json.dumps(body.get("response_format") or body.get("json_schema"))
     assert '"enum": ["1", "2"]' in schema
@@ -94,12 +97,30 @@ def test_same_answers_are_rejected_without_asking_the_judge(tmp_path):
 
 def test_an_unusable_verdict_is_rejected_with_the_judges_text(tmp_path, servers):
     good, bad, judge = servers
-    judge.answer = json.dumps({"reason": "both", "best": "2", "worst": "2"})
+    judge.answer = json.dumps({"analysis": "both", "best": "9"})
     res, out = run_prefs(tmp_path, servers)
     assert res.exit_code == 0, res.output
     dropped = list(RunDir(out).dropped())
     assert len(dropped) == 3 and dropped[0]["rejection"]["rule"] == "no_verdict"
     assert list(RunDir(out).kept()) == []
+
+
+def test_with_more_answers_the_worst_is_asked_among_the_others_only(tmp_path, servers):
+    good, bad, judge = servers
+    judge.answer = json.dumps({"analysis": "Answer 1 is right, 3 is the worst.", "best": "1"})
+    with DevServer(answer="Rome.", model="ugly") as ugly:
+        res, out = run_prefs(tmp_path, servers, "-n", "3",
+                             "--response-model", f"openai:ugly@{ugly.url}")
+    assert res.exit_code == 0, res.output
+    recs = list(RunDir(out).kept())
+    assert len(recs) == 3
+    pref = recs[0]["metadata"]["preferences"]
+    assert (pref["chosen"], pref["rejected"]) == ("Paris.", "Rome.")
+    assert (pref["chosen_index"], pref["rejected_index"]) == (0, 2)
+    assert judge.served == 6
+    second = [b for b in judge.bodies if len(b["messages"]) == 4]
+    assert len(second) == 3
+    assert '"enum": ["2", "3"]' in json.dumps(second[0].get("response_format"))
 
 
 def test_dpo_export_loads_with_datasets_and_has_the_three_fields(tmp_path, servers):

@@ -5,9 +5,10 @@ For each kept record of a run:
 1. **Responses**: ``n`` answers to its prompt (the conversation before its last answer), each
    with its own seed and temperature, from one model or several (``response_llms`` are used
    in turn: answer ``i`` comes from model ``i % len(response_llms)``).
-2. **Judge**: one constrained call (``SamplingParams.json_schema``: ``reason``, then ``best``
-   and ``worst``, each one of ``"1"``..``"n"``) names the best and the worst answer and says
-   why.
+2. **Judge**: a constrained call (``SamplingParams.json_schema``: an ``analysis``, then
+   ``best``, one of ``"1"``..``"n"``) names the best answer and says why; a second one
+   (``SamplingParams.choices``: the other numbers) names the worst (with two answers, the
+   other one is the worst).
 3. **Pair**: the best answer is ``chosen``, the worst ``rejected``, kept in
    ``metadata["preferences"]`` with the judge's reason and every candidate; the record's own
    answer becomes the chosen one. A record whose answers are all the same, or whose judge
@@ -34,7 +35,7 @@ from instructforge.errors import InstructForgeError
 from instructforge.llm import LLM, SamplingParams
 from instructforge.llm.base import Message
 from instructforge.llm.config import ModelConfig, build_roles, distinct, gpus_needed
-from instructforge.llm.structured import read_json
+from instructforge.llm.structured import read_choice, read_json
 from instructforge.prompt_files import render_prompt
 from instructforge.records import Record, rejected, stable_seed
 
@@ -76,44 +77,41 @@ class PreferencesConfig:
 
 
 def judge_schema(n: int) -> dict[str, Any]:
-    """The verdict's JSON schema: a short reason first (so the judge reasons before it
-    decides), then the best and the worst answer's number.
+    """The first verdict's JSON schema: a short analysis, then the best answer's number.
+    ``SamplingParams`` keeps a schema as sorted JSON, and constrained decoding writes the
+    keys in that order, so ``analysis`` (alphabetically first) comes before ``best``: the
+    judge reasons before it decides.
 
     >>> judge_schema(3)["properties"]["best"]["enum"]
     ['1', '2', '3']
     """
-    numbers = [str(i) for i in range(1, n + 1)]
     return {
         "type": "object",
         "properties": {
-            "reason": {"type": "string", "maxLength": 400},
-            "best": {"type": "string", "enum": numbers},
-            "worst": {"type": "string", "enum": numbers},
+            "analysis": {"type": "string", "maxLength": 300},
+            "best": {"type": "string", "enum": [str(i) for i in range(1, n + 1)]},
         },
-        "required": ["reason", "best", "worst"],
+        "required": ["analysis", "best"],
         "additionalProperties": False,
     }
 
 
-def read_verdict(text: str, n: int) -> tuple[int, int, str] | None:
-    """``(best, worst, reason)`` (0-based answer indices) from the judge's answer, or None when
-    it names no two different answers among ``1..n``.
+def read_best(text: str, n: int) -> tuple[int, str] | None:
+    """``(best, analysis)`` (a 0-based answer index) from the judge's first answer, or None
+    when it names no answer among ``1..n``.
 
-    >>> read_verdict('{"reason": "2 is right", "best": "2", "worst": "1"}', 3)
-    (1, 0, '2 is right')
-    >>> read_verdict('{"reason": "", "best": "2", "worst": "2"}', 3) is None
+    >>> read_best('{"analysis": "2 is right", "best": "2"}', 3)
+    (1, '2 is right')
+    >>> read_best('{"analysis": "none", "best": "7"}', 3) is None
     True
     """
     value = read_json(text)
     if not isinstance(value, dict):
         return None
-    try:
-        best, worst = int(str(value.get("best"))), int(str(value.get("worst")))
-    except ValueError:
+    best = read_choice(str(value.get("best", "")), [str(i) for i in range(1, n + 1)])
+    if best is None:
         return None
-    if not (1 <= best <= n and 1 <= worst <= n) or best == worst:
-        return None
-    return best - 1, worst - 1, str(value.get("reason") or "").strip()
+    return int(best) - 1, str(value.get("analysis") or "").strip()
 
 
 def prompt_messages(record: Record) -> list[Message]:
@@ -126,7 +124,7 @@ def prompt_messages(record: Record) -> list[Message]:
 
 
 def judge_messages(prompt: list[Message], answers: list[str]) -> list[Message]:
-    """The judge's request: the conversation's last user turn and the numbered answers."""
+    """The judge's first request: the conversation's last user turn and the numbered answers."""
     last_user = next((m["content"] for m in reversed(prompt) if m["role"] == "user"), "")
     return [
         {"role": "system", "content": render_prompt("preferences", "judge_system.jinja")},
@@ -158,15 +156,29 @@ async def rank(record: Record, ctx: Context, cfg: PreferencesConfig, responders:
         return rejected(record, stage=STEP, rule="same_answers",
                         reason=f"the {cfg.n} answers hold fewer than two different texts",
                         evidence=texts[:2])
-    params = SamplingParams(0.0, 1.0, cfg.judge_max_tokens,
-                            stable_seed(cfg.seed, record["id"], f"{STEP}-judge"),
-                            json_schema=judge_schema(cfg.n))
-    out = await ctx.chat(judge, judge_messages(prompt, texts), params, step=f"{STEP}-judge")
-    verdict = read_verdict(out.text, cfg.n)
+    seed = stable_seed(cfg.seed, record["id"], f"{STEP}-judge")
+    asked = judge_messages(prompt, texts)
+    params = SamplingParams(0.0, 1.0, cfg.judge_max_tokens, seed, json_schema=judge_schema(cfg.n))
+    out = await ctx.chat(judge, asked, params, step=f"{STEP}-judge")
+    verdict = read_best(out.text, cfg.n)
     if verdict is None:
         return rejected(record, stage=STEP, rule="no_verdict",
-                        reason="the judge named no two different answers", evidence=out.text)
-    best, worst, reason = verdict
+                        reason="the judge named no best answer", evidence=out.text)
+    best, reason = verdict
+    others = [str(i + 1) for i in range(cfg.n) if i != best]
+    if len(others) == 1:
+        worst = int(others[0]) - 1
+    else:  # then the worst, among the others only: never the best one again
+        follow = [*asked, {"role": "assistant", "content": out.text},
+                  {"role": "user", "content": render_prompt("preferences", "judge_worst.jinja",
+                                                            others=others)}]
+        params = SamplingParams(0.0, 1.0, 8, seed, choices=tuple(others))
+        second = await ctx.chat(judge, follow, params, step=f"{STEP}-judge")
+        choice = read_choice(second.text, others)
+        if choice is None:
+            return rejected(record, stage=STEP, rule="no_verdict",
+                            reason="the judge named no worst answer", evidence=second.text)
+        worst = int(choice) - 1
     if texts[best] == texts[worst] or not texts[best] or not texts[worst]:
         return rejected(record, stage=STEP, rule="same_answers",
                         reason="the best and the worst answer are the same text (or empty)",
