@@ -15,6 +15,7 @@ from instructforge.cli import (  # noqa: E402,F401
     export,
     magpie,
     models,
+    preferences,
     push,
     rerun,
     respond,

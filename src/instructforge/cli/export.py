@@ -17,6 +17,7 @@ class ExportFormat(StrEnum):
     messages = "messages"
     alpaca = "alpaca"
     sharegpt = "sharegpt"
+    dpo = "dpo"
 
 
 @app.command("export")
@@ -25,7 +26,8 @@ def export_command(
     run_dir: Annotated[Path, typer.Argument(help="Run directory (or a records .jsonl file).")],
     fmt: Annotated[
         ExportFormat,
-        typer.Option("--format", "-f", help="messages (TRL SFT), alpaca or sharegpt."),
+        typer.Option("--format", "-f", help="messages (TRL SFT), alpaca, sharegpt, or dpo "
+                     "(TRL DPO pairs from a preferences run)."),
     ] = ExportFormat.messages,
     output: Annotated[
         Path | None,

@@ -55,6 +55,11 @@ def train_cmd(
         str, typer.Option("--base-model", help="Hugging Face model folder, a .gguf file, or "
                           "'embedded' (SmolLM2-135M-Instruct converted from its GGUF).")
     ] = "embedded",
+    method: Annotated[str, typer.Option("--method", help="sft: supervised on the chats; dpo: "
+                      "TRL's DPOTrainer on the chosen/rejected pairs of a preferences run.")
+                      ] = "sft",
+    beta: Annotated[float, typer.Option("--beta", callback=positive,
+                                        help="DPO's KL weight (> 0; --method dpo).")] = 0.1,
     epochs: Annotated[float, typer.Option(callback=positive, help="Passes over the data (> 0).")
                       ] = 3.0,
     max_steps: Annotated[int, typer.Option("--max-steps", callback=_steps, help="Stop after N "
@@ -85,14 +90,15 @@ def train_cmd(
                        "print the plan (examples, optimizer steps), train nothing.")] = False,
     progress: ProgressOpt = True,
 ) -> None:
-    """Fine-tune a base model on a run's chats (loss on assistant tokens only).
+    """Fine-tune a base model on a run's chats (loss on assistant tokens only), or with
+    --method dpo on the chosen/rejected pairs of a preferences run.
 
     Example: [bold]instructforge train runs/demo --base-model embedded -o models/demo --lora[/bold]
     """
-    from instructforge.tuning.train import TrainConfig, TrainError, load_conversations, train
+    from instructforge.tuning.train import TrainConfig, TrainError, load_examples, train
 
     cfg = TrainConfig(
-        base_model=base_model, output_dir=str(output), epochs=epochs, max_steps=max_steps,
+        base_model=base_model, method=method, beta=beta, output_dir=str(output), epochs=epochs, max_steps=max_steps,
         learning_rate=learning_rate, batch_size=batch_size, grad_accum=grad_accum,
         max_length=max_length, lora=lora, lora_r=lora_r, lora_alpha=lora_alpha,
         save_steps=save_steps, logging_steps=logging_steps, seed=seed, max_records=limit,
@@ -103,11 +109,12 @@ def train_cmd(
             raise TrainError(f"--device must be auto, cpu or cuda, got {device!r}")
         if base_model != "embedded" and not Path(base_model).exists():
             raise TrainError(f"--base-model {base_model}: no such file or folder")
-        examples = len(load_conversations(run_dir, limit))
+        examples = len(load_examples(run_dir, method, limit))
         per_step = batch_size * grad_accum
         steps = max_steps if max_steps != -1 else math.ceil(epochs * math.ceil(examples / per_step))
         print_plan({"data": run_dir, "examples": examples, "base model": base_model,
-                    "method": f"LoRA r={lora_r}" if lora else "full fine-tuning",
+                    "method": f"{method}, " + (f"LoRA r={lora_r}" if lora else
+                                               "full fine-tuning"),
                     "optimizer steps about": steps, "examples per step": per_step,
                     "output": output})
         return

@@ -1,6 +1,6 @@
 """Export a run's kept records in the formats trainers read.
 
-Three formats, one JSON object a line, each loadable with
+Four formats, one JSON object a line, each loadable with
 ``datasets.load_dataset("json", data_files=PATH)``:
 
 - ``messages``: ``{"id", "messages": [{"role", "content"}, ...]}``, the conversational format
@@ -8,7 +8,10 @@ Three formats, one JSON object a line, each loadable with
 - ``alpaca``: ``{"id", "instruction", "input", "output", "system", "history"}``; the last user
   turn is the instruction, the last assistant turn the output, and earlier turns of a multi-turn
   chat go to ``history`` as ``[user, assistant]`` pairs (the LLaMA-Factory convention);
-- ``sharegpt``: ``{"id", "conversations": [{"from": "system"|"human"|"gpt", "value"}, ...]}``.
+- ``sharegpt``: ``{"id", "conversations": [{"from": "system"|"human"|"gpt", "value"}, ...]}``;
+- ``dpo``: ``{"id", "prompt": [messages], "chosen": [assistant], "rejected": [assistant]}``,
+  the conversational preference format TRL's ``DPOTrainer`` reads, from a run of
+  ``instructforge preferences`` (records without a pair are skipped as "no pair").
 
 >>> from instructforge.records import new_record
 >>> r = new_record("a", messages=[{"role": "user", "content": "Hi"},
@@ -31,7 +34,7 @@ from instructforge.files import open_atomic
 from instructforge.inputs import InputError, read_rows
 from instructforge.records import Record, messages_problem
 
-FORMATS = ("messages", "alpaca", "sharegpt")
+FORMATS = ("messages", "alpaca", "sharegpt", "dpo")
 SHAREGPT_ROLES = {"system": "system", "user": "human", "assistant": "gpt"}
 
 
@@ -179,10 +182,36 @@ def to_sharegpt(record: Record) -> dict[str, Any] | None:
     return {"id": str(record.get("id", "")), "conversations": conv}
 
 
+def to_dpo(record: Record) -> dict[str, Any] | None:
+    """One preference row (TRL's conversational ``prompt``/``chosen``/``rejected``), or None
+    when the record holds no pair (``metadata["preferences"]``, written by ``preferences``).
+
+    >>> row = to_dpo({"id": "x", "messages": [{"role": "user", "content": "Q"},
+    ...               {"role": "assistant", "content": "good"}],
+    ...               "metadata": {"preferences": {"chosen": "good", "rejected": "bad"}}})
+    >>> row["prompt"], row["rejected"]
+    ([{'role': 'user', 'content': 'Q'}], [{'role': 'assistant', 'content': 'bad'}])
+    """
+    pref = (record.get("metadata") or {}).get("preferences")
+    msgs = training_messages(record)
+    if not isinstance(pref, dict) or msgs is None:
+        return None
+    chosen, rejected = pref.get("chosen"), pref.get("rejected")
+    if not (isinstance(chosen, str) and isinstance(rejected, str) and chosen and rejected):
+        return None
+    return {
+        "id": str(record.get("id", "")),
+        "prompt": msgs[:-1],
+        "chosen": [{"role": "assistant", "content": chosen}],
+        "rejected": [{"role": "assistant", "content": rejected}],
+    }
+
+
 CONVERTERS: dict[str, Callable[[Record], dict[str, Any] | None]] = {
     "messages": to_messages,
     "alpaca": to_alpaca,
     "sharegpt": to_sharegpt,
+    "dpo": to_dpo,
 }
 
 
@@ -216,7 +245,8 @@ def export_run(
                 continue
             row = convert(rec)
             if row is None:
-                result.skipped["no answer"] = result.skipped.get("no answer", 0) + 1
+                why = "no pair" if fmt == "dpo" else "no answer"
+                result.skipped[why] = result.skipped.get(why, 0) + 1
                 continue
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
             result.written += 1

@@ -1,4 +1,6 @@
-"""Supervised fine-tuning on a run's chat ``messages`` with TRL's ``SFTTrainer``.
+"""Fine-tuning on a run: supervised (``sft``) on its chat ``messages`` with TRL's
+``SFTTrainer``, or preference tuning (``dpo``) on the chosen/rejected pairs of an
+``instructforge preferences`` run with TRL's ``DPOTrainer``.
 
 The loss is on assistant tokens only: we render each conversation with the base model's own
 chat template (or a default ChatML one for a base model without a template), find each
@@ -31,7 +33,7 @@ from typing import Any
 from instructforge.errors import InstructForgeError
 from instructforge.files import write_atomic
 from instructforge.tuning import train_extra_missing
-from instructforge.tuning.export import read_records, records_path, training_messages
+from instructforge.tuning.export import read_records, records_path, to_dpo, training_messages
 
 CHATML_TEMPLATE = Path(__file__).parent.parent / "prompts" / "tuning" / "chatml.jinja"
 # Written last, when the final model is whole: a model folder without it is unfinished.
@@ -227,6 +229,35 @@ def load_conversations(run: str | Path, limit: int | None = None) -> list[list[d
     return chats
 
 
+def load_pairs(run: str | Path, limit: int | None = None) -> list[dict[str, Any]]:
+    """The preference pairs of a run (kept records of ``instructforge preferences``) as TRL's
+    conversational ``prompt``/``chosen``/``rejected`` rows, in file order.
+
+    >>> # pairs = load_pairs("runs/prefs", limit=32)
+    """
+    pairs = []
+    for _, rec in read_records(records_path(run)):
+        if rec.get("status", "kept") != "kept":
+            continue
+        row = to_dpo(rec)
+        if row is not None:
+            pairs.append({k: row[k] for k in ("prompt", "chosen", "rejected")})
+        if limit is not None and len(pairs) >= limit:
+            break
+    if not pairs:
+        raise TrainError(f"{records_path(run)}: no kept record with a chosen/rejected pair to "
+                         "train on (--method dpo needs a run made by `instructforge "
+                         "preferences`)")
+    return pairs
+
+
+def load_examples(run: str | Path, method: str, limit: int | None = None) -> list[Any]:
+    """What ``method`` trains on: chats (``sft``) or preference pairs (``dpo``)."""
+    if method not in METHODS:
+        raise TrainError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
+    return load_pairs(run, limit) if method == "dpo" else load_conversations(run, limit)
+
+
 # ---------------------------------------------------------------------------- saving
 
 
@@ -294,14 +325,20 @@ def unfinished_model(path: str | Path) -> str | None:
 # ---------------------------------------------------------------------------- training
 
 
+METHODS = ("sft", "dpo")
+
+
 @dataclass
 class TrainConfig:
     """Fine-tuning options; the defaults suit a small model on one GPU or a CPU.
 
-    ``learning_rate`` None means 2e-5 for full fine-tuning and 2e-4 with LoRA.
+    ``learning_rate`` None means 2e-5 for full fine-tuning and 2e-4 with LoRA (``sft``),
+    5e-7 and 5e-6 (``dpo``). ``beta`` is DPO's KL weight (``dpo`` only).
     """
 
     base_model: str = "embedded"
+    method: str = "sft"
+    beta: float = 0.1
     output_dir: str = "model"
     epochs: float = 3.0
     max_steps: int = -1
@@ -364,7 +401,7 @@ def train(run: str | Path, config: TrainConfig) -> TrainResult:
         import torch
         from datasets import Dataset
         from transformers import AutoModelForCausalLM, AutoTokenizer
-        from trl import SFTConfig, SFTTrainer
+        from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
         if config.lora:
             from peft import LoraConfig
@@ -372,7 +409,7 @@ def train(run: str | Path, config: TrainConfig) -> TrainResult:
         raise TrainError(train_extra_missing("train", e)) from None
 
     started = time.monotonic()
-    chats = load_conversations(run, config.max_records)
+    examples = load_examples(run, config.method, config.max_records)
     base = resolve_base_model(config.base_model)
     device = _device(config.device)
     out = Path(config.output_dir)
@@ -384,7 +421,9 @@ def train(run: str | Path, config: TrainConfig) -> TrainResult:
     added_template = ensure_chat_template(tokenizer)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    rows = [tokenize_conversation(tokenizer, msgs) for msgs in chats]
+    dpo = config.method == "dpo"
+    # DPO: TRL renders the conversational pairs with the chat template itself.
+    rows = examples if dpo else [tokenize_conversation(tokenizer, msgs) for msgs in examples]
     dataset = Dataset.from_list(rows)
 
     bf16 = device == "cuda" and torch.cuda.is_bf16_supported()
@@ -405,8 +444,9 @@ def train(run: str | Path, config: TrainConfig) -> TrainResult:
             target_modules="all-linear",
             task_type="CAUSAL_LM",
         )
-    lr = config.learning_rate or (2e-4 if config.lora else 2e-5)
-    args = SFTConfig(
+    lr = config.learning_rate or (
+        (5e-6 if config.lora else 5e-7) if dpo else (2e-4 if config.lora else 2e-5))
+    common: dict[str, Any] = dict(
         output_dir=str(ckpt_dir),
         num_train_epochs=config.epochs,
         max_steps=config.max_steps,
@@ -431,13 +471,14 @@ def train(run: str | Path, config: TrainConfig) -> TrainResult:
         # and the recomputation only slows a small model down.
         gradient_checkpointing=device == "cuda",
     )
-    trainer = SFTTrainer(
-        model=model,
-        args=args,
-        train_dataset=dataset,
-        processing_class=tokenizer,
-        peft_config=peft_config,
-    )
+    if dpo:  # the reference model: a frozen copy (or, with LoRA, the adapters switched off)
+        trainer: Any = DPOTrainer(model=model, ref_model=None,
+                                  args=DPOConfig(**common, beta=config.beta),
+                                  train_dataset=dataset, processing_class=tokenizer,
+                                  peft_config=peft_config)
+    else:
+        trainer = SFTTrainer(model=model, args=SFTConfig(**common), train_dataset=dataset,
+                             processing_class=tokenizer, peft_config=peft_config)
     last = last_checkpoint(ckpt_dir) if config.resume else None
     trainer.train(resume_from_checkpoint=last)
 
