@@ -30,9 +30,12 @@ BASE_ARGS: dict[str, list[str]] = {
     "eval": ["-o", "ev", "--data", "missing.jsonl"],
     "rerun": ["run"],
     "decontaminate": ["missing-run", "--against", "gsm8k", "-o", "out"],
+    "select": ["missing-run", "-o", "out"],
+    "preferences": ["missing-run", "-o", "out", *UNREACHABLE],
 }
 # Any integer is a valid seed for the commands that derive per-request seeds from it.
-UNBOUNDED = {("respond", "seed"), ("evolve", "seed"), ("auto-evol", "seed"), ("magpie", "seed")}
+UNBOUNDED = {("respond", "seed"), ("evolve", "seed"), ("auto-evol", "seed"), ("magpie", "seed"),
+             ("preferences", "seed")}
 
 
 def _numeric_options() -> list[tuple[str, str, type]]:
