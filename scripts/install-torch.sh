@@ -34,7 +34,9 @@ case "$build" in
     # The CPU index also serves torch's dependencies. Where it cannot be reached, a mirror or
     # wheel folder of the configured indexes may still hold the CPU build (+cpu); never fall
     # back to the plain version, which is the CUDA build.
-    "${pip[@]}" "torch==$version" --index-url "$cpu_index" \
+    # One retry only: where the index cannot be resolved at all, pip's default five retries
+    # per package cost minutes before the next attempt.
+    "${pip[@]}" "torch==$version" --index-url "$cpu_index" --retries 1 --timeout 20 \
       || "${pip[@]}" "torch==$version+cpu" \
       || { echo "install-torch: could not install the CPU build of torch $version from" \
              "$cpu_index or the configured indexes; set TORCH_CPU_INDEX to a mirror, or" \

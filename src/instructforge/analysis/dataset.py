@@ -14,7 +14,8 @@ are mapped from instruction / response columns (auto-detected, or named by the c
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import shutil
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from typing import Any
 import yaml
 
 from instructforge import inputs
+from instructforge.engine import RunDir, partial_path, write_parquet
 from instructforge.errors import InstructForgeError
 from instructforge.inputs import InputError
 from instructforge.records import Record, messages_problem, new_record
@@ -53,6 +55,39 @@ class Dataset:
     def all_records(self) -> list[Record]:
         """Kept records followed by rejected ones (for lineage look-ups)."""
         return self.records + self.rejected
+
+
+def check_new_run(out: Path, ds: Dataset, *, overwrite: bool,
+                  error: type[InstructForgeError]) -> None:
+    """Raise ``error`` unless ``out`` may become a new run derived from ``ds``: not the
+    source itself, and empty or absent unless ``overwrite``."""
+    if out.resolve() == Path(ds.source).resolve():
+        raise error(f"{out}: the output must be a new run directory, not the source")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise error(f"{out}: already exists and is not empty (use --overwrite)")
+
+
+def write_derived_run(out: Path, ds: Dataset, kept: Sequence[Record],
+                      dropped: Sequence[Record], config: dict[str, Any]) -> None:
+    """Write the run a filtering job derives from ``ds``: ``kept`` as its records, the
+    source's rejected rows then ``dropped`` as ``rejected.jsonl``, ``config`` (made
+    YAML-safe) and the source's ``usage.json``. Built whole in ``OUT.partial`` and renamed:
+    ``out`` is complete or absent, and a rerun after a kill starts the partial folder over."""
+    staging = partial_path(out)
+    shutil.rmtree(staging, ignore_errors=True)
+    run = RunDir(staging)
+    run.data.mkdir(parents=True, exist_ok=True)
+    for path, rows in ((run.records, kept), (run.rejected, [*ds.rejected, *dropped])):
+        with path.open("w", encoding="utf-8") as fh:
+            for r in rows:
+                fh.write(json.dumps(r, ensure_ascii=False) + "\n")
+    run.write_config(json.loads(json.dumps(config)))  # tuples -> lists
+    if ds.run_dir is not None and (ds.run_dir / "usage.json").exists():
+        shutil.copyfile(ds.run_dir / "usage.json", run.usage)
+    write_parquet(run)
+    if out.exists():
+        shutil.rmtree(out)  # empty, or --overwrite
+    staging.rename(out)
 
 
 def is_run_dir(path: str | Path) -> bool:

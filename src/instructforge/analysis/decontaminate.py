@@ -25,9 +25,7 @@ shared n-gram or the similarity.
 
 from __future__ import annotations
 
-import json
 import re
-import shutil
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -36,8 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from instructforge.analysis.dataset import Dataset, load_dataset
-from instructforge.engine import RunDir, partial_path, write_parquet
+from instructforge.analysis.dataset import Dataset, check_new_run, load_dataset, write_derived_run
 from instructforge.errors import InstructForgeError
 from instructforge.inputs import InputError, read_rows
 from instructforge.records import Record, rejected
@@ -251,10 +248,7 @@ def decontaminate(
     cfg = config or DecontaminateConfig()
     ds = source if isinstance(source, Dataset) else load_dataset(source)
     out = Path(out_dir)
-    if out.resolve() == Path(ds.source).resolve():
-        raise DecontaminateError(f"{out}: the output must be a new run directory, not the source")
-    if out.exists() and any(out.iterdir()) and not cfg.overwrite:
-        raise DecontaminateError(f"{out}: already exists and is not empty (use --overwrite)")
+    check_new_run(out, ds, overwrite=cfg.overwrite, error=DecontaminateError)
     items = load_benchmarks(cfg.against, cfg.prompt_fields, cfg.answer_fields)
     if dry_run:
         return DecontaminateResult(out, len(ds.records), {}, len(items))
@@ -294,25 +288,8 @@ def decontaminate(
                    f"({ev['benchmark_field']})",
             evidence={k: v for k, v in ev.items() if k != "rule"}))
 
-    staging = partial_path(out)
-    shutil.rmtree(staging, ignore_errors=True)
-    run = RunDir(staging)
-    run.data.mkdir(parents=True, exist_ok=True)
-    _write_jsonl(run.records, kept)
-    _write_jsonl(run.rejected, [*ds.rejected, *dropped])
-    conf = json.loads(json.dumps(asdict(cfg)))  # tuples -> lists: YAML-safe
-    run.write_config({"job": "decontaminate", "source": str(ds.source), **conf})
-    if ds.run_dir is not None and (ds.run_dir / "usage.json").exists():
-        shutil.copyfile(ds.run_dir / "usage.json", run.usage)
-    write_parquet(run)
-    if out.exists():
-        shutil.rmtree(out)  # empty, or --overwrite
-    staging.rename(out)
+    write_derived_run(out, ds, kept, dropped,
+                      {"job": "decontaminate", "source": str(ds.source), **asdict(cfg)})
     return DecontaminateResult(out, len(kept), dict(Counter(r["rejection"]["rule"]
                                                             for r in dropped)), len(items))
 
-
-def _write_jsonl(path: Path, records: Sequence[Record]) -> None:
-    with path.open("w", encoding="utf-8") as fh:
-        for r in records:
-            fh.write(json.dumps(r, ensure_ascii=False) + "\n")

@@ -18,8 +18,6 @@ source's rejected rows, then this filter's, each with stage ``filter``, rule and
 
 from __future__ import annotations
 
-import json
-import shutil
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -27,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from instructforge.analysis.analyze import output_paths
-from instructforge.analysis.dataset import Dataset, load_dataset
+from instructforge.analysis.dataset import Dataset, check_new_run, load_dataset, write_derived_run
 from instructforge.analysis.judge import (
     JudgeConfig,
     Verdict,
@@ -43,7 +41,6 @@ from instructforge.dedup import (
     exact_duplicates,
     minhash_duplicates,
 )
-from instructforge.engine import RunDir, partial_path, write_parquet
 from instructforge.errors import InstructForgeError
 from instructforge.llm.base import LLM
 from instructforge.records import Record, instruction, rejected
@@ -219,10 +216,7 @@ def filter_dataset(
         source, instruction_field=cfg.instruction_field, response_field=cfg.response_field,
         id_field=cfg.id_field)
     out = Path(out_dir)
-    if out.resolve() == Path(ds.source).resolve():
-        raise FilterError(f"{out}: the output must be a new run directory, not the source")
-    if out.exists() and any(out.iterdir()) and not cfg.overwrite:
-        raise FilterError(f"{out}: already exists and is not empty (use --overwrite)")
+    check_new_run(out, ds, overwrite=cfg.overwrite, error=FilterError)
 
     verdicts: dict[str, Verdict] = {}
     if cfg.needs_ratings:
@@ -254,23 +248,9 @@ def filter_dataset(
     kept, dups = deduplicate(kept, cfg, embed_fn=embed_fn)
     dropped.extend(dups)
 
-    # Written whole under OUT.partial, then renamed: OUT is complete or absent, and a rerun
-    # after a kill starts the partial folder over.
-    staging = partial_path(out)
-    shutil.rmtree(staging, ignore_errors=True)
-    run = RunDir(staging)
-    run.data.mkdir(parents=True, exist_ok=True)
-    _write_jsonl(run.records, kept)
-    _write_jsonl(run.rejected, [*ds.rejected, *dropped])
-    conf = json.loads(json.dumps(asdict(cfg)))  # tuples -> lists: YAML-safe
-    run.write_config({"job": "filter", "source": str(ds.source), **conf,
-                      "judge_model": judge_llm.model_id if judge_llm else None})
-    if ds.run_dir is not None and (ds.run_dir / "usage.json").exists():
-        shutil.copyfile(ds.run_dir / "usage.json", run.usage)
-    write_parquet(run)
-    if out.exists():
-        shutil.rmtree(out)  # empty, or --overwrite
-    staging.rename(out)
+    write_derived_run(out, ds, kept, dropped, {
+        "job": "filter", "source": str(ds.source), **asdict(cfg),
+        "judge_model": judge_llm.model_id if judge_llm else None})
     return FilterResult(out, len(kept), dict(Counter(r["rejection"]["rule"] for r in dropped)),
                         len(ds.rejected))
 
@@ -278,10 +258,4 @@ def filter_dataset(
 def _has(verdict: Verdict | None, kinds: Sequence[str]) -> bool:
     ratings = (verdict or {}).get("ratings") or {}
     return all(k in ratings for k in kinds)
-
-
-def _write_jsonl(path: Path, records: Sequence[Record]) -> None:
-    with path.open("w", encoding="utf-8") as fh:
-        for r in records:
-            fh.write(json.dumps(r, ensure_ascii=False) + "\n")
 
