@@ -16,7 +16,8 @@ For each kept record of a run:
 
 The output is a run directory written by the engine (resumable, every call cached);
 ``instructforge export RUN --format dpo`` writes the ``prompt``/``chosen``/``rejected`` rows
-TRL's ``DPOTrainer`` reads.
+TRL's ``DPOTrainer`` reads. :func:`estimate` plans the calls, tokens and cost without calling
+anything (the CLI's ``--dry-run``).
 
 >>> cfg = PreferencesConfig(n=4)
 >>> result = preferences("runs/answers", "runs/prefs", cfg)      # doctest: +SKIP
