@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 # Commands whose --dry-run validates inputs and options and calls nothing.
 DRY_RUN = {"respond", "evolve", "auto-evol", "magpie", "analyze", "filter", "train", "eval",
-           "experiment", "decontaminate"}
+           "experiment", "decontaminate", "preferences"}
 # Arguments of a synopsis rather than a command to run.
 PLACEHOLDER = re.compile(r"^\[|^[A-Z][A-Z_]+$|\.\.\.")
 
@@ -81,12 +81,27 @@ def _run_dir(path: Path) -> None:
     (path / "data" / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
 
 
+def _pairs_run(path: Path) -> None:
+    """A run directory as ``preferences`` writes it: each chat's answer is the chosen one of
+    a chosen/rejected pair (what ``export --format dpo`` and ``train --method dpo`` read)."""
+    _run_dir(path)
+    records = path / "data" / "records.jsonl"
+    recs = [json.loads(line) for line in records.read_text().splitlines()]
+    for r in recs:
+        r["metadata"] = {"preferences": {"chosen": r["messages"][-1]["content"],
+                                         "rejected": "I do not know.", "reason": "on topic"}}
+    records.write_text("".join(json.dumps(r) + "\n" for r in recs))
+
+
 def _prepare(args: list[str]) -> None:
     """Create, in the current folder, the inputs ``args`` read that a reader would have."""
     name, rest = args[0], args[1:]
     positional = [a for i, a in enumerate(rest) if not a.startswith("-")
                   and (i == 0 or not rest[i - 1].startswith("-"))]
     source = Path(positional[0]) if positional else None
+    dpo = name == "train" and "dpo" in rest
+    if (name == "preferences" or dpo) and source and not source.exists():
+        _pairs_run(source)
     if name in ("respond", "evolve", "auto-evol") and source and not source.exists():
         _seed_file(source)
     if name in ("analyze", "filter", "train", "decontaminate") and source and not source.exists():

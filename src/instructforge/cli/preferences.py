@@ -10,26 +10,37 @@ import typer
 from instructforge.cli.common import (
     ApiKeyOpt,
     BaseUrlOpt,
+    BatchOpt,
+    BatchPollOpt,
+    BatchWindowOpt,
+    ConfigOpt,
+    DryRunOpt,
+    MaxConcurrencyOpt,
     MaxCostOpt,
     MaxRetriesOpt,
     ModelOpt,
     ModelPathOpt,
+    PriceOpt,
     ProgressOpt,
+    RpmOpt,
     SharedCacheOpt,
     TimeoutOpt,
+    TpmOpt,
     app,
     console,
     exit_if_incomplete,
     handle_errors,
+    in_flight,
     out,
     positive,
+    print_plan,
     print_usage,
     smoke_test_note,
     terminal_text,
 )
 from instructforge.engine import RunDir
 from instructforge.llm.config import ModelConfig
-from instructforge.methods.preferences import PreferencesConfig, preferences
+from instructforge.methods.preferences import PreferencesConfig, estimate, preferences
 
 
 def print_pairs(run: RunDir, k: int) -> None:
@@ -55,11 +66,22 @@ def preferences_cmd(
     run_dir: Annotated[Path, typer.Argument(help="Run directory whose kept records to pair.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="New run directory "
                                          "(resumable).")],
+    config: ConfigOpt = None,
     n: Annotated[int, typer.Option("-n", "--num", min=2, help="Answers per instruction.")] = 4,
     model: ModelOpt = "embedded",
     base_url: BaseUrlOpt = None,
     api_key: ApiKeyOpt = None,
     model_path: ModelPathOpt = None,
+    max_concurrency: MaxConcurrencyOpt = None,
+    timeout: TimeoutOpt = None,
+    max_retries: MaxRetriesOpt = None,
+    price: PriceOpt = None,
+    max_cost: MaxCostOpt = None,
+    rpm: RpmOpt = None,
+    tpm: TpmOpt = None,
+    batch: BatchOpt = False,
+    batch_poll: BatchPollOpt = 30.0,
+    batch_window: BatchWindowOpt = 2.0,
     response_model: Annotated[
         list[str] | None,
         typer.Option("--response-model", help="A model that writes answers (same spec forms "
@@ -79,11 +101,9 @@ def preferences_cmd(
                                                   help="Length cap of each verdict.")] = 256,
     seed: Annotated[int, typer.Option(help="Base seed; each request gets its own from it.")] = 0,
     concurrency: Annotated[int, typer.Option(min=1, help="Records in flight.")] = 16,
-    timeout: TimeoutOpt = None,
-    max_retries: MaxRetriesOpt = None,
-    max_cost: MaxCostOpt = None,
     shared_cache: SharedCacheOpt = None,
     show: Annotated[int, typer.Option(min=0, help="Sample pairs printed at the end.")] = 2,
+    dry_run: DryRunOpt = False,
     progress: ProgressOpt = True,
 ) -> None:
     """Answer each kept instruction of RUN_DIR N times and let a judge (--model) pick the
@@ -91,21 +111,28 @@ def preferences_cmd(
 
     Example: [bold]instructforge preferences runs/answers -n 4 -o runs/prefs[/bold]
     """
-    judge = ModelConfig(model, base_url, model_path, timeout=timeout, max_retries=max_retries)
+    def role(spec: str, url: str | None = None, path: str | None = None) -> ModelConfig:
+        return ModelConfig(spec, url, path, max_concurrency, timeout, max_retries, price=price,
+                           rpm=rpm, tpm=tpm, batch=batch, batch_poll=batch_poll,
+                           batch_window=batch_window)
+
     cfg = PreferencesConfig(
-        llm=judge,
-        response_llms=[ModelConfig(m, timeout=timeout, max_retries=max_retries)
-                       for m in response_model or []],
+        llm=role(model, base_url, model_path),
+        response_llms=[role(m) for m in response_model or []],
         n=n,
         temperatures=list(temperature) if temperature else [0.7, 1.0],
         top_p=top_p,
         max_tokens=max_tokens,
         judge_max_tokens=judge_max_tokens,
         seed=seed,
-        concurrency=concurrency,
+        concurrency=in_flight(concurrency, batch),
         shared_cache=shared_cache,
         max_cost=max_cost,
     )
+    if dry_run:
+        print_plan(estimate(run_dir, cfg, output))
+        smoke_test_note(model, base_url, model_path)
+        return
     result = preferences(run_dir, output, cfg, api_key=api_key, progress=progress)
     print_usage(result.usage)
     print_pairs(RunDir(output), show)

@@ -16,7 +16,8 @@ For each kept record of a run:
 
 The output is a run directory written by the engine (resumable, every call cached);
 ``instructforge export RUN --format dpo`` writes the ``prompt``/``chosen``/``rejected`` rows
-TRL's ``DPOTrainer`` reads.
+TRL's ``DPOTrainer`` reads. :func:`estimate` plans the calls, tokens and cost without calling
+anything (the CLI's ``--dry-run``).
 
 >>> cfg = PreferencesConfig(n=4)
 >>> result = preferences("runs/answers", "runs/prefs", cfg)      # doctest: +SKIP
@@ -35,6 +36,7 @@ from instructforge.errors import InstructForgeError
 from instructforge.llm import LLM, SamplingParams
 from instructforge.llm.base import Message
 from instructforge.llm.config import ModelConfig, build_roles, distinct, gpus_needed
+from instructforge.llm.prices import cost_range
 from instructforge.llm.structured import read_choice, read_json
 from instructforge.prompt_files import render_prompt
 from instructforge.records import Record, rejected, stable_seed
@@ -205,6 +207,68 @@ def kept_records(run_dir: str | Path) -> list[Record]:
     return list(run.kept())
 
 
+def check_output(run_dir: str | Path, out_dir: str | Path | None) -> None:
+    """Refuse an output run that is the input run itself."""
+    if out_dir is not None and Path(out_dir).resolve() == Path(run_dir).resolve():
+        raise PreferencesError("-o must name a new run directory, not the input run")
+
+
+def judge_calls(n: int) -> int:
+    """Judge calls a record makes at most: the best, then the worst among the others (with
+    two answers the other one is the worst: no second call)."""
+    return 1 if n == 2 else 2
+
+
+def estimate(run_dir: str | Path, config: PreferencesConfig | None = None,
+             out_dir: str | Path | None = None) -> dict[str, Any]:
+    """What :func:`preferences` would do and cost at most, without calling anything (the
+    CLI's ``--dry-run``). Checks the config and the input run as :func:`preferences` does.
+
+    Prompt tokens are about 4 characters a token plus 20 for the chat template; the judge's
+    prompt is counted with every answer at ``max_tokens``; the low end of ``cost_usd``
+    counts no answer tokens, the high end every answer and verdict at its cap."""
+    cfg = config or PreferencesConfig()
+    cfg.validate()
+    check_output(run_dir, out_dir)
+    records = kept_records(run_dir)
+    asked = [r for r in records if any(m["role"] == "user" for m in prompt_messages(r))]
+    k = len(asked)
+    prompt_chars = sum(len(m["content"]) for r in asked for m in prompt_messages(r))
+    answer_prompt = (prompt_chars // 4 + 20 * k) // max(k, 1)  # tokens, a record on average
+    judge_chars = sum(len(m["content"]) for r in asked
+                      for m in judge_messages(prompt_messages(r), [""] * cfg.n))
+    judge_prompt = (judge_chars // 4 + 20 * k) // max(k, 1) + cfg.n * cfg.max_tokens
+    responders = cfg.responders()
+    per_model = [sum(1 for i in range(cfg.n) if i % len(responders) == j)
+                 for j in range(len(responders))]
+    worst = judge_calls(cfg.n) - 1
+    parts = [(mc.resolve_price(), k * calls, answer_prompt, cfg.max_tokens)
+             for mc, calls in zip(responders, per_model, strict=True)]
+    parts.append((cfg.llm.resolve_price(), k, judge_prompt, cfg.judge_max_tokens))
+    if worst:  # the follow-up: the first request, its verdict and one more line; a number
+        parts.append((cfg.llm.resolve_price(), k, judge_prompt + cfg.judge_max_tokens + 30, 8))
+    batches: dict[str, int] = {}
+    for mc, requests, steps in [*((mc, k * calls, 1) for mc, calls in
+                                  zip(responders, per_model, strict=True)),
+                                (cfg.llm, k, 1 + worst)]:
+        for key, v in mc.batches(requests, steps).items():
+            batches[key] = batches.get(key, 0) + v
+    return {
+        "input": str(run_dir),
+        "records": len(records),
+        "without_a_prompt": len(records) - k,
+        "answers_per_record": cfg.n,
+        "models": f"judge={cfg.llm.model} responses="
+                  + ",".join(dict.fromkeys(mc.model for mc in responders)),
+        "llm_calls_at_most": k * (cfg.n + judge_calls(cfg.n)),
+        "prompt_tokens_approx": k * (cfg.n * answer_prompt + judge_prompt
+                                     + worst * (judge_prompt + cfg.judge_max_tokens + 30)),
+        "completion_tokens_max": k * (cfg.n * cfg.max_tokens + cfg.judge_max_tokens + 8 * worst),
+        "cost_usd": cost_range(parts),
+        **batches,
+    }
+
+
 def preferences(
     run_dir: str | Path,
     out_dir: str | Path,
@@ -216,8 +280,7 @@ def preferences(
     """Rank ``n`` answers to each kept record of ``run_dir`` into the run ``out_dir``."""
     cfg = config or PreferencesConfig()
     cfg.validate()
-    if Path(out_dir).resolve() == Path(run_dir).resolve():
-        raise PreferencesError("-o must name a new run directory, not the input run")
+    check_output(run_dir, out_dir)
     records = kept_records(run_dir)
     return Job(
         STEP,
