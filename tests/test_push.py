@@ -1,14 +1,18 @@
 """``instructforge push``: the dataset card's fields on a real run made against the dev server,
-the dry-run folder, and the upload's calls.
+the dry-run folder, and the upload itself.
 
-The upload itself is tested by replacing ``datasets.Dataset.push_to_hub`` and
-``huggingface_hub.HfApi.create_commit`` (monkeypatch) and checking their arguments: a local
-stand-in for the Hub's HTTP API (``HF_ENDPOINT``) would need its repo, preupload, LFS and
-commit endpoints, which these tests do not provide.
+The upload runs through the real clients (``datasets.Dataset.push_to_hub``, then
+``huggingface_hub.HfApi.create_commit``) against :class:`hub_standin.HubStandIn`, a local
+stand-in for the Hub's HTTP API (repository info and creation, pre-upload, the LFS batch
+transfer, tree listings, card validation, commit) that keeps what it is sent. The CLI runs in
+a fresh process, where ``HF_ENDPOINT`` (read when ``huggingface_hub`` is imported) points at
+the stand-in, with ``HF_HUB_DISABLE_XET=1``: the stand-in speaks the LFS protocol the client
+falls back to, not Xet's.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -17,13 +21,15 @@ import subprocess
 import sys
 
 import datasets
-import huggingface_hub
+import pyarrow.parquet as pq
 import pytest
 import yaml
+from hub_standin import HubStandIn
 from typer.testing import CliRunner
 
 from instructforge.cli import app
 from instructforge.devserver import DevServer
+from instructforge.tuning.push import prepare
 
 runner = CliRunner()
 SECRET_URL = "http://alice:pa55word@127.0.0.1:9/v1?api_key=sk-SECRET&api-version=2"
@@ -144,90 +150,119 @@ def test_push_of_a_run_without_kept_rows_is_refused(tmp_path):
     assert "no kept record with an answer to publish" in res.output
 
 
-class FakeHub:
-    """Records the calls ``push`` makes to ``datasets`` and ``huggingface_hub``."""
-
-    def __init__(self, monkeypatch, fail: Exception | None = None) -> None:
-        self.pushed: list[dict] = []
-        self.commits: list[dict] = []
-        hub = self
-
-        def push_to_hub(ds, repo_id, **kw):
-            if fail is not None:
-                raise fail
-            hub.pushed.append({"repo_id": repo_id, "rows": ds.to_list(), **kw})
-
-        def create_commit(api, repo_id, operations, **kw):
-            files = {op.path_in_repo: open(op.path_or_fileobj).read() for op in operations}
-            hub.commits.append({"repo_id": repo_id, "token": api.token, "files": files, **kw})
-
-        monkeypatch.setattr(datasets.Dataset, "push_to_hub", push_to_hub)
-        monkeypatch.setattr(huggingface_hub.HfApi, "create_commit", create_commit)
+def cli(endpoint: str, home, *args: str, token: str | None = None
+        ) -> subprocess.CompletedProcess[str]:
+    """``instructforge ARGS`` in a fresh process whose Hub is ``endpoint`` (``HF_TOKEN`` set
+    to ``token``, or unset)."""
+    env = {**os.environ, "HF_ENDPOINT": endpoint, "HF_HOME": str(home),
+           "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_XET": "1",
+           "PYTHONPATH": os.pathsep.join(sys.path)}
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_TOKEN"):  # the suite's offline
+        env.pop(name, None)  # switches would answer before any connection is tried
+    if token:
+        env["HF_TOKEN"] = token
+    return subprocess.run([sys.executable, "-m", "instructforge.cli", *args], env=env,
+                          capture_output=True, text=True, timeout=300)
 
 
-def test_push_uploads_rows_private_then_card_and_config(evolved, monkeypatch):
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    hub = FakeHub(monkeypatch)
-    res = runner.invoke(app, ["push", str(evolved), "me/tides", "--token", "hf_TOKEN123",
-                              "-f", "sharegpt"])
-    assert res.exit_code == 0, res.output
-    assert "pushed 3 rows" in res.output and "(private)" in res.output
-    [pushed] = hub.pushed
-    assert pushed["repo_id"] == "me/tides" and pushed["private"] is True
-    assert pushed["split"] == "train" and pushed["token"] == "hf_TOKEN123"
-    assert pushed["rows"][0]["conversations"][0]["from"] == "human"
-    [commit] = hub.commits
-    assert commit["repo_type"] == "dataset" and commit["token"] == "hf_TOKEN123"
-    assert sorted(commit["files"]) == ["README.md", "config.yaml"]
-    assert "| kept (in this dataset) | 3 |" in commit["files"]["README.md"]
-    for text in commit["files"].values():
-        assert "hf_TOKEN123" not in text
+def expected(run, tmp_path, fmt: str, public: bool = False) -> tuple[list[dict], dict]:
+    """The rows and files ``prepare`` writes for ``run`` (what the upload must carry)."""
+    res = prepare(run, tmp_path / f"expected-{fmt}", fmt=fmt, repo_id="me/tides",
+                  public=public)
+    rows = [json.loads(line) for line in (res.folder / "data" / "train.jsonl").open()]
+    return rows, {name: (res.folder / name).read_bytes() for name in res.files}
 
 
-def test_public_and_hf_token_and_export_push_to_hub(evolved, monkeypatch, tmp_path):
-    monkeypatch.setenv("HF_TOKEN", "hf_FROMENV")
-    hub = FakeHub(monkeypatch)
-    res = runner.invoke(app, ["export", str(evolved), "-o", str(tmp_path / "m.jsonl"),
-                              "--push-to-hub", "me/tides", "--public"])
-    assert res.exit_code == 0, res.output
-    assert "wrote 3 rows" in res.output and "(public)" in res.output
-    assert hub.pushed[0]["private"] is False and hub.pushed[0]["token"] == "hf_FROMENV"
-    assert "--public" in hub.commits[0]["files"]["README.md"]
+def parquet_rows(data: bytes) -> list[dict]:
+    return pq.read_table(io.BytesIO(data)).to_pylist()
+
+
+def test_push_uploads_rows_private_then_card_and_config_to_a_hub_stand_in(evolved, tmp_path):
+    with HubStandIn() as hub:
+        proc = cli(hub.url, tmp_path / "home", "push", str(evolved), "me/tides",
+                   "--token", "hf_TOKEN123", "-f", "sharegpt")
+    assert proc.returncode == 0, proc.stderr
+    assert hub.unknown == []
+    assert f"pushed 3 rows, README.md and config.yaml to {hub.url}/datasets/me/tides " \
+           "(private)" in proc.stdout
+    repo = hub.repos["me/tides"]
+    assert repo.private is True
+    # the token went to the Hub with every API call (the LFS upload URL is pre-authorised)
+    api_calls = [auth for req, auth in zip(hub.requests, hub.authorizations, strict=True)
+                 if " /lfs-upload/" not in req]
+    assert api_calls and set(api_calls) == {"Bearer hf_TOKEN123"}
+    rows, files = expected(evolved, tmp_path, "sharegpt")
+    assert sorted(repo.files) == ["README.md", "config.yaml",
+                                  "data/train-00000-of-00001.parquet"]
+    # the rows, read back from the committed Parquet file, are the kept records as sharegpt
+    assert parquet_rows(repo.files["data/train-00000-of-00001.parquet"]) == rows
+    assert rows[0]["conversations"][0]["from"] == "human" and len(rows) == 3
+    # push_to_hub's own commit, then the card (replacing datasets' one) and the config
+    assert [c.summary for c in repo.commits] == [
+        "Upload dataset", "Dataset card and config.yaml (instructforge push)"]
+    assert sorted(repo.commits[-1].files) == ["README.md", "config.yaml"]
+    assert repo.files["README.md"] == files["README.md"]
+    assert repo.files["config.yaml"] == files["config.yaml"]
+    assert b"| kept (in this dataset) | 3 |" in repo.files["README.md"]
+    for commit in repo.commits:
+        for name, data in commit.files.items():
+            assert b"hf_TOKEN123" not in data, name
+
+
+def test_export_push_to_hub_public_with_hf_token_to_a_hub_stand_in(evolved, tmp_path):
+    with HubStandIn() as hub:
+        proc = cli(hub.url, tmp_path / "home", "export", str(evolved),
+                   "-o", str(tmp_path / "m.jsonl"), "--push-to-hub", "me/tides", "--public",
+                   token="hf_FROMENV")
+    assert proc.returncode == 0, proc.stderr
+    assert "wrote 3 rows" in proc.stdout and "(public)" in proc.stdout
+    repo = hub.repos["me/tides"]
+    assert repo.private is False
+    assert "Bearer hf_FROMENV" in hub.authorizations
+    rows, files = expected(evolved, tmp_path, "messages", public=True)
+    assert parquet_rows(repo.files["data/train-00000-of-00001.parquet"]) == rows
+    assert rows[0]["messages"][0]["role"] == "user"
+    assert repo.files["README.md"] == files["README.md"]
+    assert b"--public" in repo.files["README.md"]
+    assert all(b"hf_FROMENV" not in data for data in repo.files.values())
     bad = runner.invoke(app, ["export", str(evolved), "--public"])
     assert bad.exit_code == 2 and "--push-to-hub" in bad.output
 
 
-def test_a_refused_upload_exits_1_with_the_hubs_answer(evolved, monkeypatch):
-    class Refused(huggingface_hub.errors.HfHubHTTPError):
-        def __init__(self, message: str) -> None:  # no HTTP response object to build
-            Exception.__init__(self, message)
+@pytest.mark.parametrize(("status", "body", "says"), [
+    (403, b'{"error": "You have no write access to me/tides"}',
+     "You have no write access to me/tides"),
+    (500, b'{"error": "Internal Error"}', "500 Internal Server Error"),
+    (200, b"<html>Bad gateway</html>", "the Hub's answer is not JSON"),
+    (200, b"{}", "the Hub's answer was not understood (KeyError: 'commitUrl')"),
+], ids=["refused", "server-error", "not-json", "missing-field"])
+def test_a_failed_commit_exits_1_with_the_hubs_answer(evolved, tmp_path, status, body, says):
+    with HubStandIn(fail={"commit": (status, body)}) as hub:
+        proc = cli(hub.url, tmp_path / "home", "push", str(evolved), "me/tides",
+                   "--token", "hf_x")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    output = " ".join((proc.stdout + proc.stderr).split())  # the console wraps long lines
+    assert "error: upload to me/tides failed:" in output
+    assert says in output
+    assert "Traceback" not in proc.stderr
+    assert hub.repos["me/tides"].commits == []
 
-    FakeHub(monkeypatch, fail=Refused("401 Unauthorized"))
-    res = runner.invoke(app, ["push", str(evolved), "me/tides"])
-    assert res.exit_code == 1
-    assert "upload to me/tides failed: 401 Unauthorized" in res.output
-    assert "Traceback" not in res.output
 
-
-def test_a_malformed_repo_id_is_refused_before_anything(evolved, monkeypatch):
-    hub = FakeHub(monkeypatch)
-    res = runner.invoke(app, ["push", str(evolved), "tides"])
-    assert res.exit_code == 2 and "OWNER/NAME" in res.output
-    assert hub.pushed == []
+def test_a_malformed_repo_id_is_refused_before_anything(evolved, tmp_path):
+    with HubStandIn() as hub:
+        proc = cli(hub.url, tmp_path / "home", "push", str(evolved), "tides")
+    assert proc.returncode == 2
+    assert "OWNER/NAME" in proc.stdout + proc.stderr
+    assert hub.requests == []
 
 
 def test_an_unreachable_hub_exits_1_without_a_traceback(evolved, tmp_path):
-    # A real upload attempt (in a fresh process, where HF_ENDPOINT is read) to a closed port.
+    # A real upload attempt to a closed port.
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "HF_ENDPOINT": f"http://127.0.0.1:{port}", "HF_HOME": str(tmp_path),
-           "HF_HUB_DISABLE_TELEMETRY": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
-    for offline in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):  # the suite's; it would answer
-        env.pop(offline, None)  # before any connection is tried
-    proc = subprocess.run([sys.executable, "-m", "instructforge.cli", "push", str(evolved),
-                           "me/tides", "--token", "hf_x"], env=env, capture_output=True,
-                          text=True, timeout=300)
+    proc = cli(f"http://127.0.0.1:{port}", tmp_path, "push", str(evolved), "me/tides",
+               "--token", "hf_x")
     assert proc.returncode == 1, proc.stderr
     assert "error: upload to me/tides failed:" in proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr

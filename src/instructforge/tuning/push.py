@@ -288,6 +288,39 @@ def render_card(context: dict[str, Any]) -> str:
     return _template().render(**context)
 
 
+def upload_failure(error: Exception, token: str | None = None) -> str:
+    """What an exception raised by the upload says, for the user: an HTTP error or a refused
+    connection as its message (the Hub's answer in it); an answer the clients could not read
+    (not JSON, a field missing) named as such, with the exception's type. ``token`` never
+    appears in it.
+
+    >>> upload_failure(json.JSONDecodeError("Expecting value", "<html>", 0))
+    "the Hub's answer is not JSON (Expecting value: line 1 column 1 (char 0))"
+    >>> upload_failure(KeyError("commitUrl"))
+    "the Hub's answer was not understood (KeyError: 'commitUrl')"
+    >>> upload_failure(OSError("401 Unauthorized for hf_SECRET"), "hf_SECRET")
+    '401 Unauthorized for ***'
+    """
+    if isinstance(error, json.JSONDecodeError):
+        text = f"the Hub's answer is not JSON ({error})"
+    elif isinstance(error, OSError) or _is_http_error(error):
+        text = str(error) or type(error).__name__
+    else:
+        text = f"the Hub's answer was not understood ({type(error).__name__}: {error})"
+    return text.replace(token, "***") if token else text
+
+
+def _is_http_error(error: Exception) -> bool:
+    """Whether ``error`` is the HTTP library's (a refused connection, a timeout, an error
+    status), as ``huggingface_hub`` imports it; or its missing-token error."""
+    try:
+        from huggingface_hub import errors
+    except ImportError:
+        return False
+    http_error = getattr(errors, "HTTPError", errors.HfHubHTTPError)
+    return isinstance(error, (http_error, errors.LocalTokenNotFoundError))
+
+
 def prepare(run: str | Path, out_dir: str | Path, *, fmt: str = "messages", repo_id: str = "",
             license: str = "other", public: bool = False) -> PushResult:
     """Write ``data/train.jsonl``, ``README.md`` and ``config.yaml`` for ``run`` under
@@ -325,35 +358,31 @@ def push_run(run: str | Path, repo_id: str, *, fmt: str = "messages", private: b
 
     ``token`` defaults to what ``huggingface_hub`` finds (``HF_TOKEN``, a cached login);
     ``HF_ENDPOINT`` points the upload at another Hub. Raises :class:`UploadError` (exit code
-    1) when the Hub refuses or fails.
+    1) whatever the upload raises: the Hub refusing, failing or unreachable, or an answer the
+    clients cannot read.
     """
     if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo_id):
         raise PushError(f"repository id {repo_id!r} is not of the form OWNER/NAME")
     try:
         from datasets import Dataset
         from huggingface_hub import CommitOperationAdd, HfApi
-        from huggingface_hub import errors as hub_errors
     except ImportError as e:
         raise PushError(f"push needs the `datasets` package ({e}); "
                         "install it with `pip install datasets`") from None
-    # The HTTP library's base error (the Hub's answers and refused connections alike), as
-    # huggingface_hub imports it.
-    transport_error: type[Exception] = getattr(hub_errors, "HTTPError",
-                                               hub_errors.HfHubHTTPError)
     with tempfile.TemporaryDirectory(prefix="instructforge-push-") as tmp:
         res = prepare(run, tmp, fmt=fmt, repo_id=repo_id, license=license, public=not private)
         with (res.folder / DATA_FILE).open(encoding="utf-8") as fh:
             rows = [json.loads(line) for line in fh]
+        ops = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(res.folder / name))
+               for name in res.files if name != DATA_FILE]
         try:
             Dataset.from_list(rows).push_to_hub(repo_id, split="train", private=private,
                                                 token=token)
-            ops = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(res.folder / name))
-                   for name in res.files if name != DATA_FILE]
             HfApi(token=token).create_commit(
                 repo_id, ops, repo_type="dataset",
                 commit_message="Dataset card and config.yaml (instructforge push)")
-        except (transport_error, hub_errors.LocalTokenNotFoundError, OSError) as e:
-            raise UploadError(f"upload to {repo_id} failed: {e}") from None
+        except Exception as e:  # noqa: BLE001 - whatever the Hub's answer made the clients raise
+            raise UploadError(f"upload to {repo_id} failed: {upload_failure(e, token)}") from None
     from huggingface_hub import constants
 
     res.folder = Path()
