@@ -157,7 +157,7 @@ def cli(endpoint: str, home, *args: str, token: str | None = None
     env = {**os.environ, "HF_ENDPOINT": endpoint, "HF_HOME": str(home),
            "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_XET": "1",
            "PYTHONPATH": os.pathsep.join(sys.path)}
-    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_TOKEN"):  # the suite's offline
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_TOKEN"):  # the suite's offline
         env.pop(name, None)  # switches would answer before any connection is tried
     if token:
         env["HF_TOKEN"] = token
