@@ -95,7 +95,9 @@ class SelectConfig:
             return f"the {self.by} score already in the records"
         what = "IC-IFD" if self.ic_ifd else "IFD"
         if self.base_url:
-            return (f"{what} from prompt log-probabilities of {self.model} at "
+            served = ("the server's only model" if self.model in ("embedded", "")
+                      else self.model)
+            return (f"{what} from prompt log-probabilities of {served} at "
                     f"{redact_urls(self.base_url)} (2 requests per record, template "
                     f"{self.prompt_template or 'prompts/tuning/ifd_server.jinja'})")
         return f"{what} from the local student {self.model} (transformers, CPU)"

@@ -58,7 +58,8 @@ def select_cmd(
                                             "pass (IFD).")] = 8,
     max_tokens: Annotated[int, typer.Option("--max-tokens", min=1, help="Cut "
                                             "instructions and responses to this many tokens "
-                                            "(IFD).")] = 1024,
+                                            "(IFD; with --base-url the responses only).")]
+    = 1024,
     show: Annotated[int, typer.Option("--show", min=0, help="Print the N best-ranked "
                                       "records.")] = 5,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace OUTPUT if it exists.")]

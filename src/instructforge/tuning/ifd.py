@@ -191,7 +191,7 @@ def span_loss(logprobs: Any, start: int, end: int, max_tokens: int, base_url: st
     values, offsets = logprobs.get("token_logprobs"), logprobs.get("text_offset")
     if not isinstance(values, list) or not isinstance(offsets, list) \
             or len(values) != len(offsets):
-        only = (" (only `content`: the generated tokens', as llama.cpp answers)"
+        only = (" (only `content`, the generated token's, as llama.cpp answers)"
                 if "content" in logprobs else "")
         raise no_prompt_logprobs(base_url, "Its `logprobs` has no matching `token_logprobs` "
                                  f"and `text_offset` lists{only}.")
@@ -245,8 +245,15 @@ class ServerIFDScorer:
             jobs += [(self.alone_prefix, r) for _, r in pairs]
             losses: list[float] = []
             for k in range(0, len(jobs), SERVER_CHUNK):
-                losses += await asyncio.gather(*(self._loss(p, r)
-                                                 for p, r in jobs[k:k + SERVER_CHUNK]))
+                # Every request of a chunk ends before the first error is raised, so none
+                # is left running on a closed session.
+                done = await asyncio.gather(*(self._loss(p, r)
+                                              for p, r in jobs[k:k + SERVER_CHUNK]),
+                                            return_exceptions=True)
+                for x in done:
+                    if isinstance(x, BaseException):
+                        raise x
+                losses += done  # type: ignore[arg-type]
         finally:
             await self.llm.aclose()
         n = len(pairs)
