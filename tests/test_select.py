@@ -261,6 +261,15 @@ def test_a_server_without_prompt_logprobs_is_refused_clearly(tmp_path, embedded_
     assert not (tmp_path / "out").exists()
 
 
+def test_an_unreachable_server_is_a_clear_error_and_writes_nothing(tmp_path):
+    run = make_run(tmp_path, MATCHED[:1])
+    r = CliRunner().invoke(app, ["select", str(run), "--base-url", "http://127.0.0.1:9/v1",
+                                 "--max-retries", "0", "-o", str(tmp_path / "out")])
+    text = " ".join(r.output.split())
+    assert r.exit_code == 1 and "cannot connect to http://127.0.0.1:9/v1" in text, r.output
+    assert "Traceback" not in r.output and not (tmp_path / "out").exists()
+
+
 def test_span_loss_reads_the_response_tokens_only_and_refuses_missing_logprobs():
     from instructforge.llm.base import LLMError
     from instructforge.tuning.ifd import span_loss

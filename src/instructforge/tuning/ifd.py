@@ -239,8 +239,8 @@ class ServerIFDScorer:
                          self.llm.base_url)
 
     async def ascore(self, pairs: Sequence[tuple[str, str]]) -> list[tuple[float, float]]:
-        await self.llm.resolve_model()
         try:
+            await self.llm.resolve_model()
             jobs = [(render_prefix(self.template, i), r) for i, r in pairs]
             jobs += [(self.alone_prefix, r) for _, r in pairs]
             losses: list[float] = []
