@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 # Commands whose --dry-run validates inputs and options and calls nothing.
 DRY_RUN = {"respond", "evolve", "auto-evol", "magpie", "analyze", "filter", "train", "eval",
-           "experiment", "decontaminate", "preferences"}
+           "experiment", "decontaminate", "preferences", "select"}
 # Arguments of a synopsis rather than a command to run.
 PLACEHOLDER = re.compile(r"^\[|^[A-Z][A-Z_]+$|\.\.\.")
 
@@ -104,7 +104,8 @@ def _prepare(args: list[str]) -> None:
         _pairs_run(source)
     if name in ("respond", "evolve", "auto-evol") and source and not source.exists():
         _seed_file(source)
-    if name in ("analyze", "filter", "train", "decontaminate") and source and not source.exists():
+    if name in ("analyze", "filter", "train", "decontaminate", "select") and source \
+            and not source.exists():
         if source.suffix in (".json", ".jsonl"):
             _seed_file(source)
         else:

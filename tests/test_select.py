@@ -1,15 +1,19 @@
-"""``select``: IFD / IC-IFD with the real 135M student (slow), and the ranking, cut, rejected
-rows and rating/reward scores with a fake scorer (fast)."""
+"""``select``: IFD / IC-IFD with the real 135M student (slow), locally and through a server's
+prompt log-probabilities over real HTTP (a vLLM-format stand-in computing real logprobs with
+the same student; the real llama.cpp server, which ignores echo, is refused); the ranking,
+cut, rejected rows, rating/reward scores, --dry-run and the report with a fake scorer
+(fast)."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-from instructforge.analysis.select import SelectConfig, SelectError, select_dataset
+from instructforge.analysis.select import SelectConfig, SelectError, plan_select, select_dataset
 from instructforge.cli import app
 from instructforge.records import new_record
 
@@ -126,8 +130,8 @@ def test_the_command_refuses_an_existing_output_and_bad_options(tmp_path):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "x").write_text("")
     r = CliRunner().invoke(app, ["select", str(run), "--by", "quality", "-o",
-                                 str(tmp_path / "out")])
-    assert r.exit_code == 2 and "already exists" in r.output
+                                 str(tmp_path / "out")], terminal_width=300)
+    assert r.exit_code == 2 and "already exists" in " ".join(r.output.split())
     r = CliRunner().invoke(app, ["select", str(run), "--by", "votes", "-o", str(tmp_path / "o")])
     assert r.exit_code == 2 and "--by must be one of" in r.output
 
@@ -177,6 +181,170 @@ def test_ic_ifd_takes_the_alone_loss_after_the_in_context_prefix(scorer):
     assert inctx[0] == pytest.approx(plain[0], rel=1e-4)  # the same instruction-given loss
     assert inctx[1] != pytest.approx(plain[1], rel=1e-3)  # a different response-alone loss
     assert inctx[0] / inctx[1] < 1
+
+
+# ---------------------------------------------------------------------------- server path
+
+
+def chat_template_file(tmp_path: Path, tok) -> Path:
+    """A --prompt-template that renders exactly the local student's prompts: its chat
+    template around the instruction, and its start token before the response alone."""
+    given = tok.apply_chat_template([{"role": "user", "content": "@@INS@@"}], tokenize=False,
+                                    add_generation_prompt=True)
+    path = tmp_path / "student.jinja"
+    path.write_text("{% if instruction is none %}" + tok.bos_token + "{% else %}"
+                    + given.replace("@@INS@@", "{{ instruction }}") + "{% endif %}")
+    return path
+
+
+@pytest.fixture(scope="module")
+def echo_server(scorer):
+    from ifd_echo_server import EchoServer
+
+    with EchoServer(scorer.model, scorer.tok) as server:
+        yield server
+
+
+@pytest.mark.slow
+@pytest.mark.llm
+def test_the_server_path_gives_the_local_students_ifd(tmp_path, scorer, echo_server):
+    from instructforge.llm import make_llm
+    from instructforge.tuning.ifd import ServerIFDScorer
+
+    pairs = [*MATCHED, MISMATCHED]
+    local = scorer(pairs)
+    remote = ServerIFDScorer(make_llm("embedded", base_url=echo_server.url),
+                             template=chat_template_file(tmp_path, scorer.tok))(pairs)
+    for (lg, la), (rg, ra) in zip(local, remote, strict=True):
+        assert rg == pytest.approx(lg, rel=1e-3) and ra == pytest.approx(la, rel=1e-3)
+        assert rg / ra == pytest.approx(lg / la, rel=2e-3)
+    body = echo_server.requests[-1]
+    assert (body["echo"], body["logprobs"], body["max_tokens"]) == (True, 1, 1)
+
+
+@pytest.mark.slow
+@pytest.mark.llm
+def test_select_through_the_server_ranks_a_matched_pair_above_the_mismatched_one(
+        tmp_path, scorer, echo_server):
+    run = make_run(tmp_path, [MISMATCHED, *MATCHED])
+    cli = CliRunner().invoke(app, ["select", str(run), "--by", "ifd", "--top", "100%",
+                                   "--base-url", echo_server.url, "--api-key", "sk-secret",
+                                   "-o", str(tmp_path / "out")], terminal_width=200)
+    assert cli.exit_code == 0, cli.output
+    kept = read(tmp_path / "out" / "data" / "records.jsonl")
+    scores = {r["id"]: r["metadata"]["selection"]["score"] for r in kept}
+    rej = {r["id"]: r["rejection"] for r in read(tmp_path / "out" / "rejected.jsonl")}
+    assert rej["r0"]["rule"] == "ifd_misaligned" and rej["r0"]["evidence"]["score"] >= 1
+    assert scores and max(scores.values()) < 1 <= rej["r0"]["evidence"]["score"]
+    # The built-in template: the Alpaca layout, and the response alone after its header.
+    prompts = [b["prompt"] for b in echo_server.requests[-8:]]
+    given = [p for p in prompts if p.startswith("### Instruction:\n")]
+    assert len(given) == 4 and all("\n\n### Response:\n" in p for p in given)
+    assert sorted(p for p in prompts if p not in given) == sorted(
+        f"### Response:\n{res}" for _, res in [MISMATCHED, *MATCHED])
+    config = (tmp_path / "out" / "config.yaml").read_text()
+    assert echo_server.url in config and "sk-secret" not in config
+
+
+@pytest.mark.slow
+@pytest.mark.llm
+def test_a_server_without_prompt_logprobs_is_refused_clearly(tmp_path, embedded_llm):
+    # llama.cpp's server (the embedded model) ignores echo: its logprobs cover the generated
+    # token only.
+    run = make_run(tmp_path, MATCHED[:1])
+    r = CliRunner().invoke(app, ["select", str(run), "--by", "ifd", "--base-url",
+                                 embedded_llm.base_url, "-o", str(tmp_path / "out")],
+                           terminal_width=300)
+    assert r.exit_code == 1, r.output
+    assert f"{embedded_llm.base_url} does not return prompt log-probabilities (echo); use " \
+           "a vLLM server or the local student" in " ".join(r.output.split())
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_unreachable_server_is_a_clear_error_and_writes_nothing(tmp_path):
+    run = make_run(tmp_path, MATCHED[:1])
+    r = CliRunner().invoke(app, ["select", str(run), "--base-url", "http://127.0.0.1:9/v1",
+                                 "--max-retries", "0", "-o", str(tmp_path / "out")])
+    text = " ".join(r.output.split())
+    assert r.exit_code == 1 and "cannot connect to http://127.0.0.1:9/v1" in text, r.output
+    assert "Traceback" not in r.output and not (tmp_path / "out").exists()
+
+
+def test_span_loss_reads_the_response_tokens_only_and_refuses_missing_logprobs():
+    from instructforge.llm.base import LLMError
+    from instructforge.tuning.ifd import span_loss
+
+    lp = {"tokens": ["Q", ":", " a", " b", "!"], "token_logprobs": [None, -9.0, -1.0, -3.0, -7.0],
+          "text_offset": [0, 1, 2, 4, 6]}
+    assert span_loss(lp, 2, 6, 1024, "u") == 2.0  # " a", " b"; the generated "!" is not
+    assert span_loss(lp, 2, 6, 1, "u") == 1.0  # the first --max-tokens response tokens
+    for bad in (None, {"content": [{"token": "!", "logprob": -1.0}]},
+                {"tokens": ["!"], "token_logprobs": [-7.0], "text_offset": [6]}):
+        with pytest.raises(LLMError, match=r"u does not return prompt log-probabilities"):
+            span_loss(bad, 2, 6, 1024, "u")
+
+
+def test_the_server_template_renders_ic_ifd_examples_and_a_broken_one_is_named(tmp_path):
+    from instructforge.tuning.ifd import ic_prefix_messages, render_prefix, server_template
+    from instructforge.tuning.train import TrainError
+
+    text = render_prefix(server_template(), None, ic_prefix_messages())
+    assert text.startswith("### Instruction:\nGive one word") and text.endswith(
+        "12 times 3 is 36.\n\n### Response:\n")
+    (tmp_path / "bad.jinja").write_text("line one\n{% if instruction %}")
+    with pytest.raises(TrainError, match=r"bad.jinja: line 2"):
+        server_template(tmp_path / "bad.jinja")
+
+
+# ---------------------------------------------------------------------------- dry run, report
+
+
+def test_dry_run_says_what_would_be_done_and_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "400")  # one table row a line
+    run = make_run(tmp_path, [("a", "x"), ("b", "y"), ("c", "z")])
+    r = CliRunner().invoke(app, ["select", str(run), "--by", "ifd", "--top", "50%", "--base-url",
+                                 "http://user:pw@127.0.0.1:9/v1", "--model", "m", "--dry-run",
+                                 "-o", str(tmp_path / "out")], terminal_width=300)
+    assert r.exit_code == 0, r.output
+    text = " ".join(re.sub(r"[│┃┌┐└┘─┬┴├┤┼]", " ", r.output).split())
+    assert "nothing was called" in text and "records 3" in text
+    assert "at most 2 (--top 50%)" in text and "of m at http://127.0.0.1:9/v1" in text
+    assert "pw" not in text and not (tmp_path / "out").exists()
+    plan = plan_select(run, tmp_path / "out", SelectConfig(ic_ifd=True))
+    assert plan["by"] == "ic_ifd" and "local student embedded" in plan["scorer"]
+    with pytest.raises(SelectError, match=r"record 'r0' has no readable quality rating"):
+        plan_select(run, tmp_path / "out", SelectConfig(by="quality"))
+    with pytest.raises(SelectError, match="--base-url applies to --by ifd only"):
+        SelectConfig(by="quality", base_url="http://127.0.0.1:9/v1")
+
+
+def test_the_report_shows_each_selected_records_score_and_rank_escaped(tmp_path):
+    from instructforge.analysis.analyze import AnalyzeConfig, analyze
+
+    pairs = [("<script>alert(1)</script> list primes", "2, 3, 5."), ("b", "x"), ("c", "y")]
+    run = make_run(tmp_path, pairs)
+    select_dataset(run, tmp_path / "out", SelectConfig(top="2"),
+                   loss_fn=fake_losses({pairs[0][0]: (0.25, 1.0), "b": (0.5, 1.0),
+                                        "c": (0.1, 1.0)}))
+    res = analyze(tmp_path / "out", AnalyzeConfig(embeddings=False))
+    page = res.report.read_text(encoding="utf-8")
+    section = page[page.index('<section id="selection">'):]
+    section = section[:section.index("</section>")]
+    rows = re.findall(r"<tr><td>(\d+)</td><td>([\d.]+)</td>.*?<code>(\w+)</code></td><td>(.*?)</td>",
+                      section)
+    assert [(rank, score, rid) for rank, score, rid, _ in rows] == [
+        ("1", "0.5", "r1"), ("2", "0.25", "r0")]
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; list primes" in rows[1][3]
+    assert "<script>alert" not in page
+    assert "ifd" in section and 'href="#selection"' in page
+
+
+def test_the_report_has_no_selection_section_for_an_unselected_run(tmp_path):
+    from instructforge.analysis.analyze import AnalyzeConfig, analyze
+
+    run = make_run(tmp_path, [("a", "x"), ("b", "y")])
+    page = analyze(run, AnalyzeConfig(embeddings=False)).report.read_text(encoding="utf-8")
+    assert '<section id="selection">' not in page and 'href="#selection"' not in page
 
 
 # ---------------------------------------------------------------------------- the recipe

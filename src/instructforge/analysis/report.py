@@ -25,6 +25,7 @@ from instructforge.records import instruction, response
 
 TEXT_CHARS = 1_200  # per instruction in the lineage browser; keeps big reports small
 SNIPPET_CHARS = 160
+SELECTION_ROWS = 500  # best-ranked records listed in the selection table
 
 
 def _asset(name: str) -> str:
@@ -72,7 +73,29 @@ def build_report_data(
         "metrics": metrics,
         "points": points,
         "lineage": lineage_nodes(ds, chosen),
+        "selection": selection_rows(ds),
     }
+
+
+def selection_rows(ds: Dataset, limit: int = SELECTION_ROWS) -> dict[str, Any] | None:
+    """The score and rank ``select`` gave each kept record (``metadata.selection``), best
+    rank first, the first ``limit`` of them; None when no record carries one.
+
+    ``{"by": ["ifd"], "count": N, "rows": [{id, by, score, rank, given, alone, text}]}``
+    """
+    rows = []
+    for rec in ds.records:
+        sel = (rec.get("metadata") or {}).get("selection")
+        if not isinstance(sel, dict) or not isinstance(sel.get("score"), int | float):
+            continue
+        rows.append({"id": rec["id"], "by": str(sel.get("by") or ""), "score": sel["score"],
+                     "rank": sel.get("rank"), "given": sel.get("loss_given_instruction"),
+                     "alone": sel.get("loss_alone"),
+                     "text": _clip(instruction(rec), SNIPPET_CHARS)})
+    if not rows:
+        return None
+    rows.sort(key=lambda r: r["rank"] if isinstance(r["rank"], int) else float("inf"))
+    return {"by": sorted({r["by"] for r in rows}), "count": len(rows), "rows": rows[:limit]}
 
 
 def lineage_nodes(ds: Dataset, chosen: set[str]) -> dict[str, Any]:
@@ -128,7 +151,9 @@ def render_report(data: dict[str, Any]) -> str:
     """The report's HTML text for ``data`` from :func:`build_report_data`."""
     return _template().render(
         m=data["metrics"],
-        data_json=Markup(_script_json(data)),
+        selection=data.get("selection"),
+        # The selection table is rendered here; the page's script does not need it.
+        data_json=Markup(_script_json({k: v for k, v in data.items() if k != "selection"})),
         chart_js=Markup(_asset("report-chart.umd.min.js")),
         report_js=Markup(_asset("report.js")),
         report_css=Markup(_asset("report.css")),

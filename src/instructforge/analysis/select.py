@@ -7,7 +7,10 @@ Scores (``--by``):
   (see :mod:`instructforge.tuning.ifd`). A record whose IFD is >= 1 is *misaligned* (the
   instruction does not help predict the response) and is dropped first, whatever ``top``
   says; the rest are ranked from the highest IFD (hardest to follow, most to learn) down.
-  ``ic_ifd=True`` scores IC-IFD instead (see :mod:`instructforge.tuning.ifd`).
+  ``ic_ifd=True`` scores IC-IFD instead (see :mod:`instructforge.tuning.ifd`). With
+  ``base_url`` the losses come from an OpenAI-compatible server's prompt log-probabilities
+  (vLLM's ``echo``; :class:`~instructforge.tuning.ifd.ServerIFDScorer`) instead of a local
+  student.
 - ``quality`` / ``difficulty``: the judge's rating score from ``analyze`` (in the records'
   ``metadata.analysis`` or the source's judge run), highest first.
 - ``reward``: a number in ``metadata.reward`` (or ``metadata.reward.score``), highest first.
@@ -37,6 +40,7 @@ from instructforge.analysis.dataset import Dataset, load_dataset
 from instructforge.analysis.judge import read_verdicts, verdict_from_metadata
 from instructforge.engine import RunDir, partial_path, write_parquet
 from instructforge.errors import InstructForgeError
+from instructforge.llm.urls import redact_urls
 from instructforge.records import Record, instruction, rejected, response
 
 SCORES = ("ifd", "quality", "difficulty", "reward")
@@ -62,6 +66,13 @@ class SelectConfig:
     batch_size: int = 8
     max_tokens: int = 1024  # longer instruction/response token lists are cut to this
     overwrite: bool = False
+    # The server path (IFD from prompt log-probabilities); ``model`` then names the served
+    # model ('embedded': the server's only one). The API key is never part of the config.
+    base_url: str | None = None
+    prompt_template: str | None = None  # default: prompts/tuning/ifd_server.jinja
+    max_concurrency: int | None = None
+    timeout: float | None = None
+    max_retries: int | None = None
 
     def __post_init__(self) -> None:
         if self.by not in SCORES:
@@ -69,6 +80,27 @@ class SelectConfig:
         parse_top(self.top)
         if self.ic_ifd and self.by != "ifd":
             raise SelectError("--ic-ifd applies to --by ifd only")
+        if self.base_url and self.by != "ifd":
+            raise SelectError("--base-url applies to --by ifd only (the other scores are "
+                              "read from the records)")
+        if self.prompt_template and not self.base_url:
+            raise SelectError("--prompt-template is for the server path (--base-url); the "
+                              "local student scores in its own chat template")
+        if self.prompt_template and not Path(self.prompt_template).is_file():
+            raise SelectError(f"--prompt-template {self.prompt_template}: no such file")
+
+    def scorer(self) -> str:
+        """Who computes the scores, in words (for --dry-run)."""
+        if self.by != "ifd":
+            return f"the {self.by} score already in the records"
+        what = "IC-IFD" if self.ic_ifd else "IFD"
+        if self.base_url:
+            served = ("the server's only model" if self.model in ("embedded", "")
+                      else self.model)
+            return (f"{what} from prompt log-probabilities of {served} at "
+                    f"{redact_urls(self.base_url)} (2 requests per record, template "
+                    f"{self.prompt_template or 'prompts/tuning/ifd_server.jinja'})")
+        return f"{what} from the local student {self.model} (transformers, CPU)"
 
 
 def parse_top(top: str) -> tuple[float | None, int | None]:
@@ -130,18 +162,40 @@ def reward_scores(ds: Dataset) -> dict[str, float]:
     return scores
 
 
-def ifd_scores(ds: Dataset, cfg: SelectConfig, loss_fn: LossFn | None = None) -> dict[str, dict[str, float]]:
-    """``{id: {"score", "loss_given_instruction", "loss_alone"}}`` for every record."""
+def ifd_pairs(ds: Dataset) -> list[tuple[str, str]]:
+    """Every record's (instruction, response); a clear error naming one without both."""
     pairs = [(instruction(r), response(r)) for r in ds.records]
     for r, (ins, res) in zip(ds.records, pairs, strict=True):
         if not ins or not res:
             raise SelectError(f"{ds.source}: record {r['id']!r} has no "
                               f"{'instruction' if not ins else 'response'}; IFD needs both")
-    if loss_fn is None:
-        from instructforge.tuning.ifd import IFDScorer
+    return pairs
 
-        loss_fn = IFDScorer(cfg.model, batch_size=cfg.batch_size, max_tokens=cfg.max_tokens,
-                            in_context=cfg.ic_ifd)
+
+def default_loss_fn(cfg: SelectConfig, api_key: str | None = None) -> LossFn:
+    """The IFD scorer ``cfg`` asks for: the server's prompt log-probabilities with
+    ``base_url``, else the local student."""
+    if cfg.base_url:
+        from instructforge.llm import make_llm
+        from instructforge.tuning.ifd import ServerIFDScorer
+
+        llm = make_llm(cfg.model, base_url=cfg.base_url, api_key=api_key,
+                       max_concurrency=cfg.max_concurrency, timeout=cfg.timeout,
+                       max_retries=cfg.max_retries)
+        return ServerIFDScorer(llm, max_tokens=cfg.max_tokens, in_context=cfg.ic_ifd,
+                               template=cfg.prompt_template)
+    from instructforge.tuning.ifd import IFDScorer
+
+    return IFDScorer(cfg.model, batch_size=cfg.batch_size, max_tokens=cfg.max_tokens,
+                     in_context=cfg.ic_ifd)
+
+
+def ifd_scores(ds: Dataset, cfg: SelectConfig, loss_fn: LossFn | None = None,
+               api_key: str | None = None) -> dict[str, dict[str, float]]:
+    """``{id: {"score", "loss_given_instruction", "loss_alone"}}`` for every record."""
+    pairs = ifd_pairs(ds)
+    if loss_fn is None:
+        loss_fn = default_loss_fn(cfg, api_key)
     losses = loss_fn(pairs)
     return {r["id"]: {"score": given / alone if alone > 0 else math.inf,
                       "loss_given_instruction": given, "loss_alone": alone}
@@ -180,32 +234,66 @@ def rank(scores: dict[str, float], ids: Sequence[str], top: tuple[float | None, 
     return ok[:n], ok[n:], bad
 
 
-def select_dataset(
-    source: str | Path | Dataset,
-    out_dir: str | Path,
-    config: SelectConfig | None = None,
-    *,
-    loss_fn: LossFn | None = None,
-) -> SelectResult:
-    """Score the records of ``source`` and write the top ones to the new run ``out_dir``.
-
-    The cut is taken of *all* records (``--top 25%`` of 100 keeps at most 25), after the
-    misaligned ones are dropped for IFD.
-    """
-    cfg = config or SelectConfig()
-    top = parse_top(cfg.top)
+def _checked_source(source: str | Path | Dataset, out: Path, cfg: SelectConfig) -> Dataset:
+    """The source dataset, after the checks that need no model: the output is new, there
+    are records, and they hold what the score needs."""
     ds = source if isinstance(source, Dataset) else load_dataset(source)
-    out = Path(out_dir)
     if out.resolve() == Path(ds.source).resolve():
         raise SelectError(f"{out}: the output must be a new run directory, not the source")
     if out.exists() and any(out.iterdir()) and not cfg.overwrite:
         raise SelectError(f"{out}: already exists and is not empty (use --overwrite)")
     if not ds.records:
         raise SelectError(f"{ds.source}: no kept records to select from")
+    if cfg.by == "ifd":
+        ifd_pairs(ds)
+    return ds
+
+
+def plan_select(source: str | Path | Dataset, out_dir: str | Path,
+                config: SelectConfig | None = None) -> dict[str, Any]:
+    """What :func:`select_dataset` would do (``--dry-run``): the source checked (and the
+    rating or reward scores read), nothing scored by a model, nothing written."""
+    cfg = config or SelectConfig()
+    out = Path(out_dir)
+    ds = _checked_source(source, out, cfg)
+    if cfg.by == "reward":
+        reward_scores(ds)
+    elif cfg.by != "ifd":
+        rating_scores(ds, cfg.by)
+    elif cfg.base_url:
+        from instructforge.tuning.ifd import render_prefix, server_template
+
+        render_prefix(server_template(cfg.prompt_template), "x")
+    n = len(ds.records)
+    return {"source": str(ds.source), "records": n, "by": "ic_ifd" if cfg.ic_ifd else cfg.by,
+            "scorer": cfg.scorer(),
+            "keep": f"at most {cut(n, parse_top(cfg.top))} (--top {cfg.top})"
+                    + (", after dropping those with IFD >= 1" if cfg.by == "ifd" else ""),
+            "output": str(out)}
+
+
+def select_dataset(
+    source: str | Path | Dataset,
+    out_dir: str | Path,
+    config: SelectConfig | None = None,
+    *,
+    loss_fn: LossFn | None = None,
+    api_key: str | None = None,
+) -> SelectResult:
+    """Score the records of ``source`` and write the top ones to the new run ``out_dir``.
+
+    The cut is taken of *all* records (``--top 25%`` of 100 keeps at most 25), after the
+    misaligned ones are dropped for IFD. ``api_key`` (the server path) is used for requests
+    only, never written.
+    """
+    cfg = config or SelectConfig()
+    top = parse_top(cfg.top)
+    out = Path(out_dir)
+    ds = _checked_source(source, out, cfg)
 
     extra: dict[str, dict[str, float]] = {}
     if cfg.by == "ifd":
-        extra = ifd_scores(ds, cfg, loss_fn)
+        extra = ifd_scores(ds, cfg, loss_fn, api_key)
         scores = {i: e["score"] for i, e in extra.items()}
     elif cfg.by == "reward":
         scores = reward_scores(ds)
@@ -239,8 +327,8 @@ def select_dataset(
     run.data.mkdir(parents=True, exist_ok=True)
     _write_jsonl(run.records, kept)
     _write_jsonl(run.rejected, [*ds.rejected, *dropped])
-    run.write_config({"job": "select", "source": str(ds.source),
-                      **json.loads(json.dumps(asdict(cfg)))})
+    run.write_config(redact_urls({"job": "select", "source": str(ds.source),
+                                  **json.loads(json.dumps(asdict(cfg)))}))
     if ds.run_dir is not None and (ds.run_dir / "usage.json").exists():
         shutil.copyfile(ds.run_dir / "usage.json", run.usage)
     write_parquet(run)
