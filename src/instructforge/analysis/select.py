@@ -29,19 +29,17 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from instructforge.analysis.analyze import output_paths
-from instructforge.analysis.dataset import Dataset, load_dataset
+from instructforge.analysis.dataset import Dataset, check_new_run, load_dataset, write_derived_run
 from instructforge.analysis.judge import read_verdicts, verdict_from_metadata
-from instructforge.engine import RunDir, partial_path, write_parquet
 from instructforge.errors import InstructForgeError
 from instructforge.llm.urls import redact_urls
-from instructforge.records import Record, instruction, rejected, response
+from instructforge.records import instruction, rejected, response
 
 SCORES = ("ifd", "quality", "difficulty", "reward")
 STAGE = "select"
@@ -238,10 +236,7 @@ def _checked_source(source: str | Path | Dataset, out: Path, cfg: SelectConfig) 
     """The source dataset, after the checks that need no model: the output is new, there
     are records, and they hold what the score needs."""
     ds = source if isinstance(source, Dataset) else load_dataset(source)
-    if out.resolve() == Path(ds.source).resolve():
-        raise SelectError(f"{out}: the output must be a new run directory, not the source")
-    if out.exists() and any(out.iterdir()) and not cfg.overwrite:
-        raise SelectError(f"{out}: already exists and is not empty (use --overwrite)")
+    check_new_run(out, ds, overwrite=cfg.overwrite, error=SelectError)
     if not ds.records:
         raise SelectError(f"{ds.source}: no kept records to select from")
     if cfg.by == "ifd":
@@ -321,24 +316,7 @@ def select_dataset(
                                 "help the model predict the response", evidence=info(i))
                 for i in bad]
 
-    staging = partial_path(out)
-    shutil.rmtree(staging, ignore_errors=True)
-    run = RunDir(staging)
-    run.data.mkdir(parents=True, exist_ok=True)
-    _write_jsonl(run.records, kept)
-    _write_jsonl(run.rejected, [*ds.rejected, *dropped])
-    run.write_config(redact_urls({"job": "select", "source": str(ds.source),
-                                  **json.loads(json.dumps(asdict(cfg)))}))
-    if ds.run_dir is not None and (ds.run_dir / "usage.json").exists():
-        shutil.copyfile(ds.run_dir / "usage.json", run.usage)
-    write_parquet(run)
-    if out.exists():
-        shutil.rmtree(out)
-    staging.rename(out)
+    write_derived_run(out, ds, kept, dropped, redact_urls({
+        "job": "select", "source": str(ds.source), **json.loads(json.dumps(asdict(cfg)))}))
     return SelectResult(out, by_name, n_kept, len(below), len(bad), len(ids))
 
-
-def _write_jsonl(path: Path, records: Sequence[Record]) -> None:
-    with path.open("w", encoding="utf-8") as fh:
-        for r in records:
-            fh.write(json.dumps(r, ensure_ascii=False) + "\n")
