@@ -82,7 +82,10 @@ def write_seeds(path: Path, n: int) -> Path:
 
 async def replay(llm: LLM, requests: list[tuple[list[Message], SamplingParams]]) -> tuple[int, float]:
     t0 = time.perf_counter()
-    outs = await asyncio.gather(*(llm.chat(m, p) for m, p in requests))
+    try:
+        outs = await asyncio.gather(*(llm.chat(m, p) for m, p in requests))
+    finally:
+        await llm.aclose()  # its session belongs to this event loop
     return sum(o.completion_tokens for o in outs), time.perf_counter() - t0
 
 
