@@ -20,7 +20,7 @@ from instructforge.tuning.train import TRAIN_META, last_checkpoint, save_final
 
 # The modules (the package exports functions of the same names).
 analyze_module = importlib.import_module("instructforge.analysis.analyze")
-filter_module = importlib.import_module("instructforge.analysis.filter")
+dataset_module = importlib.import_module("instructforge.analysis.dataset")
 
 
 class Killed(Exception):
@@ -38,7 +38,7 @@ def test_a_killed_filter_leaves_a_visibly_partial_output_that_a_rerun_finishes(
     def killed(run):
         raise Killed
 
-    monkeypatch.setattr(filter_module, "write_parquet", killed)
+    monkeypatch.setattr(dataset_module, "write_parquet", killed)  # filter writes through it
     with pytest.raises(Killed):
         filter_dataset(src, out, DatasetFilterConfig(dedup=("exact",)), progress=False)
     assert not out.exists()
