@@ -1,4 +1,4 @@
-"""Shared fixtures: the real embedded model (llama.cpp over HTTP) and a dev server."""
+"""Shared fixtures: the real embedded model (llama.cpp over HTTP) and dev servers."""
 
 from __future__ import annotations
 
@@ -24,3 +24,15 @@ def dev_server():
     """An instant-answer OpenAI-compatible server on 127.0.0.1 that logs what it serves."""
     with DevServer() as srv:
         yield srv
+
+
+@pytest.fixture
+def servers():
+    """Three dev servers for ``preferences`` tests: a good answer ("Paris."), a bad one
+    ("London.") and a judge whose verdict names answer 1 (``preference_runs.VERDICT``)."""
+    from preference_runs import VERDICT
+
+    with DevServer(answer="Paris.", model="good") as good, \
+            DevServer(answer="London.", model="bad") as bad, \
+            DevServer(answer=VERDICT, model="judge") as judge:
+        yield good, bad, judge

@@ -6,34 +6,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from preference_runs import VERDICT, make_run
 from typer.testing import CliRunner
 
 from instructforge.cli import app
 from instructforge.devserver import DevServer
 from instructforge.engine import RunDir
-from instructforge.records import new_record
-
-VERDICT = json.dumps({"analysis": "Answer 1 names the right city.", "best": "1"})
-
-
-def make_run(path, n=3):
-    """A run directory with ``n`` answered instructions."""
-    path.joinpath("data").mkdir(parents=True, exist_ok=True)
-    with open(path / "data" / "records.jsonl", "w", encoding="utf-8") as f:
-        for i in range(n):
-            rec = new_record(f"q{i}", messages=[
-                {"role": "user", "content": f"What is the capital of France? ({i})"},
-                {"role": "assistant", "content": "old answer"}], method="respond")
-            f.write(json.dumps(rec) + "\n")
-    return path
-
-
-@pytest.fixture
-def servers():
-    with DevServer(answer="Paris.", model="good") as good, \
-            DevServer(answer="London.", model="bad") as bad, \
-            DevServer(answer=VERDICT, model="judge") as judge:
-        yield good, bad, judge
 
 
 def run_prefs(tmp_path, servers, *extra):

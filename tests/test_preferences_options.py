@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from preference_runs import VERDICT, make_run
 from typer.testing import CliRunner
 
 from instructforge.cli import app
@@ -17,32 +18,10 @@ from instructforge.devserver import DevServer
 from instructforge.engine import RunDir
 from instructforge.llm.prices import Price
 from instructforge.methods import preferences as prefs_method
-from instructforge.records import new_record
 
 pytestmark = pytest.mark.timeout(120)
 runner = CliRunner()
-VERDICT = json.dumps({"analysis": "Answer 1 names the right city.", "best": "1"})
 FAST = ["--batch-poll", "0.02", "--batch-window", "0.05"]
-
-
-def make_run(path: Path, n: int = 3) -> Path:
-    """A run directory with ``n`` answered instructions."""
-    path.joinpath("data").mkdir(parents=True, exist_ok=True)
-    with open(path / "data" / "records.jsonl", "w", encoding="utf-8") as f:
-        for i in range(n):
-            rec = new_record(f"q{i}", messages=[
-                {"role": "user", "content": f"What is the capital of France? ({i})"},
-                {"role": "assistant", "content": "old answer"}], method="respond")
-            f.write(json.dumps(rec) + "\n")
-    return path
-
-
-@pytest.fixture
-def servers():
-    with DevServer(answer="Paris.", model="good") as good, \
-            DevServer(answer="London.", model="bad") as bad, \
-            DevServer(answer=VERDICT, model="judge") as judge:
-        yield good, bad, judge
 
 
 def invoke(src: Path, out: Path, servers, *extra: str):
